@@ -1,0 +1,42 @@
+"""connman: one process-wide connection manager for kgents storage.
+
+Resolve storage once (:func:`resolve_storage`), keep one pool per database
+(:class:`ConnectionManager`), lease connections to named consumers
+(``manager.lease("dgent")``), and report what happens (:meth:`ConnectionManager.stats`).
+"""
+
+from connman.config import PoolConfig
+from connman.errors import (
+    AcquireTimeout,
+    ConfigError,
+    ConnmanError,
+    LeaseError,
+    PoolClosed,
+    PoolUnavailable,
+)
+from connman.manager import ConnectionManager, Lease, get_manager
+from connman.resolve import Storage, Tier, resolve_storage
+from connman.stats import PoolObserver, PoolStats
+from connman.urls import DatabaseURL, parse_url, redact_text
+
+__all__ = [
+    "AcquireTimeout",
+    "ConfigError",
+    "ConnectionManager",
+    "ConnmanError",
+    "DatabaseURL",
+    "Lease",
+    "LeaseError",
+    "PoolClosed",
+    "PoolConfig",
+    "PoolObserver",
+    "PoolStats",
+    "PoolUnavailable",
+    "Storage",
+    "Tier",
+    "get_manager",
+    "parse_url",
+    "redact_text",
+    "resolve_storage",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,176 @@
+"""Pool configuration: one frozen dataclass, validated once, overridable from the env.
+
+Every field can be set by an environment variable ``KGENTS_POOL_<FIELD>`` (upper case),
+read in one place, :meth:`PoolConfig.from_env`. Bad values raise :class:`ConfigError`
+naming the field, the value and what is accepted; connman never silently clamps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from connman.errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "PoolConfig"]
+
+ENV_PREFIX = "KGENTS_POOL_"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PoolConfig:
+    """How every pool of a :class:`~connman.ConnectionManager` behaves.
+
+    Times are in seconds. ``None`` is accepted only where the field says so.
+    """
+
+    min_size: int = 1
+    """Connections kept open even when idle (idle expiry never goes below this)."""
+    max_size: int = 10
+    """Hard ceiling of physical connections per database, connecting ones included."""
+    acquire_timeout: float = 30.0
+    """Default deadline of a lease; a waiter never waits longer (never unbounded)."""
+    connect_timeout: float = 10.0
+    """Deadline of one connection attempt (and of the start-up probe)."""
+    max_lifetime: float = 3600.0
+    """A connection is retired after this long, minus up to 5 % random jitter so a
+    pool opened at once does not reconnect at once."""
+    max_idle: float = 600.0
+    """An idle connection above ``min_size`` is closed after this long unused."""
+    leak_threshold: float | None = None
+    """Log a lease held longer than this (with the stack that took it); None: off."""
+    consumer_limits: Mapping[str, int] = field(default_factory=dict)
+    """Most leases one consumer may hold at once, e.g. ``{"sqlalchemy": 6}``.
+    Consumers not named are bounded by ``max_size`` only."""
+    health_check_after: float = 0.5
+    """A connection idle longer than this is pinged before it is leased (HikariCP's
+    500 ms bypass window): fresh connections skip the round trip."""
+    reset_timeout: float = 5.0
+    """Deadline for cleaning a dirty connection on release; past it, it is closed."""
+    close_timeout: float = 5.0
+    """Deadline for closing one connection politely before it is terminated."""
+    reconnect_initial_delay: float = 0.1
+    """First wait after a failed connection attempt; doubles on each failure."""
+    reconnect_max_delay: float = 5.0
+    """Ceiling of the reconnect backoff."""
+    application_name: str = "connman"
+    """Postgres ``application_name`` of every connection (visible in pg_stat_activity)."""
+    statement_cache_size: int = 100
+    """asyncpg's prepared-statement cache per connection; 0 behind PgBouncer in
+    transaction mode."""
+    command_timeout: float | None = None
+    """asyncpg's default per-query timeout; None: no timeout."""
+    sqlite_busy_timeout: float = 30.0
+    """How long SQLite waits for a lock held by another connection before it fails."""
+
+    def __post_init__(self) -> None:
+        # Freeze the mapping so a config shared by several pools cannot drift.
+        limits = dict(self.consumer_limits)
+        object.__setattr__(self, "consumer_limits", types.MappingProxyType(limits))
+        self._validate()
+
+    # -- construction --------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> PoolConfig:
+        """Defaults, then ``KGENTS_POOL_*`` variables, then ``overrides``.
+
+        ``KGENTS_POOL_CONSUMER_LIMITS`` takes ``name=n,name=n``; ``KGENTS_POOL_LEAK_THRESHOLD``
+        and ``KGENTS_POOL_COMMAND_TIMEOUT`` take ``none`` (or empty) to turn them off.
+        An unknown ``KGENTS_POOL_*`` variable is an error: a typo must not pass silently.
+        """
+        env = os.environ if env is None else env
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, raw in env.items():
+            if not key.startswith(ENV_PREFIX):
+                continue
+            name = key[len(ENV_PREFIX) :].lower()
+            if name not in fields:
+                known = ", ".join(ENV_PREFIX + n.upper() for n in fields)
+                raise ConfigError(f"{key} is not a pool setting. Known: {known}")
+            values[name] = _parse_env_value(key, name, raw.strip())
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except TypeError as exc:  # an unknown override keyword
+            raise ConfigError(str(exc)) from None
+
+    # -- validation ----------------------------------------------------------------
+
+    def _validate(self) -> None:
+        _int(self.min_size, "min_size", lowest=0)
+        _int(self.max_size, "max_size", lowest=1)
+        if self.min_size > self.max_size:
+            raise ConfigError(
+                f"min_size={self.min_size} is larger than max_size={self.max_size}: "
+                "lower KGENTS_POOL_MIN_SIZE or raise KGENTS_POOL_MAX_SIZE"
+            )
+        for name in (
+            "acquire_timeout",
+            "connect_timeout",
+            "max_lifetime",
+            "max_idle",
+            "reset_timeout",
+            "close_timeout",
+            "reconnect_initial_delay",
+            "reconnect_max_delay",
+            "sqlite_busy_timeout",
+        ):
+            _seconds(getattr(self, name), name)
+        _seconds(self.health_check_after, "health_check_after", allow_zero=True)
+        for name in ("leak_threshold", "command_timeout"):
+            if getattr(self, name) is not None:
+                _seconds(getattr(self, name), name)
+        _int(self.statement_cache_size, "statement_cache_size", lowest=0)
+        if self.reconnect_max_delay < self.reconnect_initial_delay:
+            raise ConfigError("reconnect_max_delay must be >= reconnect_initial_delay")
+        if not isinstance(self.application_name, str):
+            raise ConfigError("application_name must be a string")
+        for consumer, limit in self.consumer_limits.items():
+            if not isinstance(consumer, str) or not consumer:
+                raise ConfigError(f"consumer_limits has a bad consumer name {consumer!r}")
+            _int(limit, f"consumer_limits[{consumer!r}]", lowest=1)
+
+
+def _int(value: object, name: str, *, lowest: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+        raise ConfigError(f"{name}={value!r} must be an integer >= {lowest}")
+
+
+def _seconds(value: object, name: str, *, allow_zero: bool = False) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if ok:
+        v = float(value)  # type: ignore[arg-type]
+        ok = math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name}={value!r} must be a finite number of seconds {bound}")
+
+
+def _parse_env_value(key: str, name: str, raw: str) -> Any:
+    if name == "consumer_limits":
+        limits: dict[str, int] = {}
+        for part in filter(None, (p.strip() for p in raw.split(","))):
+            consumer, eq, n = part.partition("=")
+            if not eq or not n.strip().isdigit():
+                raise ConfigError(f"{key}={raw!r}: expected name=n[,name=n...], e.g. sqlalchemy=6")
+            limits[consumer.strip()] = int(n)
+        return limits
+    if name == "application_name":
+        return raw
+    if name in ("leak_threshold", "command_timeout") and raw.lower() in ("", "none", "off"):
+        return None
+    if name in ("min_size", "max_size", "statement_cache_size"):
+        if not raw.lstrip("-").isdigit():
+            raise ConfigError(f"{key}={raw!r} must be an integer")
+        return int(raw)
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r} must be a number of seconds") from None

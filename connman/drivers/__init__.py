@@ -1,0 +1,83 @@
+"""Drivers: asyncpg and aiosqlite behind one small protocol.
+
+The pool never imports a driver library; it talks to a :class:`Driver` that opens
+:class:`DriverConnection` objects. Each of those wraps one physical connection and
+answers the three questions the pool asks on the hot path without a round trip: is it
+closed, is it clean, and (when it is not) how to make it clean.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+if TYPE_CHECKING:
+    from connman.config import PoolConfig
+    from connman.urls import DatabaseURL, Dialect
+
+__all__ = ["BROKEN", "CLEAN", "DIRTY", "Driver", "DriverConnection", "driver_for"]
+
+# Verdicts on a returned connection (ints: compared on every release).
+CLEAN: Final = 0
+"""Back to the idle list as it is: no round trip."""
+DIRTY: Final = 1
+"""Needs :meth:`DriverConnection.reset` before anyone else may use it."""
+BROKEN: Final = 2
+"""Lost or unusable: close it."""
+
+
+class DriverConnection(Protocol):
+    """One physical connection, as the pool sees it."""
+
+    @property
+    def raw(self) -> Any:
+        """The driver's own connection object, handed to the lease holder."""
+
+    def is_closed(self) -> bool:
+        """True once the connection is known to be gone (no I/O)."""
+
+    def verdict(self, failed: bool) -> int:
+        """CLEAN, DIRTY or BROKEN, decided without I/O.
+
+        ``failed`` is True when the lease ended with an exception (a cancellation
+        included), so a driver can assume an operation may still be in flight.
+        """
+
+    async def reset(self, full: bool) -> bool:
+        """Make the connection clean: roll back, restore changed session state and,
+        with ``full``, everything the server does not report (LISTEN, advisory locks,
+        temp tables...). Returns False if it could not be made clean."""
+
+    async def ping(self) -> None:
+        """One cheap round trip; raises if the connection is dead."""
+
+    async def close(self) -> None:
+        """Close politely (the caller bounds the time)."""
+
+    def terminate(self) -> None:
+        """Close at once, without I/O."""
+
+
+class Driver(Protocol):
+    """Opens connections to one database."""
+
+    dialect: Dialect
+
+    async def start(self) -> None:
+        """Prepare (e.g. keep an in-memory SQLite database alive). Called once."""
+
+    async def connect(self) -> DriverConnection:
+        """Open one connection within the configured connect timeout."""
+
+    async def stop(self) -> None:
+        """Release what :meth:`start` took. Called once, after every connection closed."""
+
+
+def driver_for(url: DatabaseURL, config: PoolConfig) -> Driver:
+    """The driver for ``url``'s dialect."""
+    if url.dialect == "postgresql":
+        from connman.drivers.asyncpg import AsyncpgDriver
+
+        return AsyncpgDriver(url, config)
+    from connman.drivers.aiosqlite import AiosqliteDriver
+
+    return AiosqliteDriver(url, config)

@@ -1,0 +1,441 @@
+"""ConnectionManager, Lease, and the process-wide instance.
+
+The manager resolves storage once, owns exactly one :class:`~connman.pool.Pool` per
+normalized database URL, and hands out :class:`Lease` objects to named consumers.
+Every spelling of a URL reaches the same pool; a URL that stands for a database the
+manager degraded away from reaches the pool that replaced it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from types import TracebackType
+from typing import Any
+
+from connman.config import PoolConfig
+from connman.drivers import driver_for
+from connman.errors import ConfigError, ConnmanError, LeaseError, PoolClosed, PoolUnavailable
+from connman.logging import get_logger
+from connman.pool import Pool, PooledConnection
+from connman.resolve import Storage, resolve_storage, tier_of
+from connman.stats import PoolObserver, PoolStats
+from connman.urls import DatabaseURL, parse_url
+
+__all__ = ["ConnectionManager", "Lease", "get_manager"]
+
+
+class Lease:
+    """One connection lent to one consumer, for the span of an ``async with``.
+
+    ``lease.connection`` is the driver's own connection (``asyncpg.Connection`` or
+    ``aiosqlite.Connection``); after the lease ends, touching it through the lease
+    raises :class:`LeaseError`. Keep no other reference to it.
+
+    On release the pool rolls back an open or failed transaction and undoes session
+    settings the server reports (TimeZone, DateStyle, ...). For state it cannot see
+    (search_path before PG 18, advisory locks, temp tables, LISTEN made by raw SQL),
+    call :meth:`request_full_reset` while holding the lease.
+    """
+
+    __slots__ = (
+        "_full_reset",
+        "_leak_handle",
+        "_leak_reported",
+        "_manager",
+        "_pool",
+        "_pooled",
+        "_raw",
+        "_stack",
+        "_state",
+        "_timeout",
+        "_url",
+        "consumer",
+    )
+
+    def __init__(
+        self,
+        manager: ConnectionManager,
+        pool: Pool | None,
+        url: str | None,
+        consumer: str,
+        timeout: float | None,
+        full_reset: bool,
+    ) -> None:
+        self._manager = manager
+        self._pool = pool
+        self._url = url
+        self.consumer = consumer
+        self._timeout = timeout
+        self._full_reset = full_reset
+        self._pooled: PooledConnection | None = None
+        self._raw: Any = None
+        self._state = 0  # 0 new, 1 active, 2 ended
+        self._leak_handle: asyncio.TimerHandle | None = None
+        self._leak_reported = 0.0
+        self._stack: str | None = None
+
+    # -- what a holder uses ----------------------------------------------------------
+
+    @property
+    def connection(self) -> Any:
+        """The driver's connection. Raises :class:`LeaseError` outside the lease."""
+        if self._state != 1:
+            raise LeaseError(
+                f"lease of {self.consumer!r} has "
+                + ("ended" if self._state == 2 else "not started")
+                + ": take a new lease with manager.lease(...) instead of keeping the old one"
+            )
+        return self._raw
+
+    @property
+    def dialect(self) -> str:
+        """``postgresql`` or ``sqlite``."""
+        if self._pool is None:
+            raise LeaseError("lease not started")
+        return self._pool.dialect
+
+    @property
+    def url(self) -> str:
+        """The (redacted) URL of the database this lease is on."""
+        if self._pool is None:
+            raise LeaseError("lease not started")
+        return self._pool.url.redacted()
+
+    @property
+    def active(self) -> bool:
+        """True between acquire and release."""
+        return self._state == 1
+
+    def request_full_reset(self) -> None:
+        """Ask for a full session reset on release (asyncpg's reset query: advisory
+        locks released, cursors closed, UNLISTEN *, RESET ALL; on SQLite the pragmas
+        re-applied). Costs one round trip."""
+        self._full_reset = True
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> Lease:
+        await self.acquire()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.release(failed=exc_type is not None)
+
+    async def acquire(self) -> Lease:
+        """Take the connection (``async with`` does this). Single use."""
+        if self._state:
+            raise LeaseError("a Lease is single use: call manager.lease(...) again")
+        manager = self._manager
+        if manager._loop is not asyncio.get_running_loop():
+            await manager._bind_loop()
+        pool = self._pool
+        if pool is None:
+            pool = self._pool = await manager._pool_for(self._url)
+        pooled = await pool.acquire(self.consumer, self._timeout)
+        self._pooled = pooled
+        self._raw = pooled.conn.raw
+        self._state = 1
+        threshold = pool.config.leak_threshold
+        if threshold is not None:
+            self._stack = pool.leak_stack()
+            self._leak_handle = asyncio.get_running_loop().call_later(threshold, self._leaked)
+        return self
+
+    async def release(self, *, failed: bool = False) -> None:
+        """Give the connection back (``async with`` does this). Idempotent.
+
+        ``failed``: the holder's work ended with an error or a cancellation, so the
+        connection may be mid-operation; it is cleaned (or closed) before reuse.
+        """
+        if self._state != 1:
+            self._state = 2
+            return
+        self._state = 2
+        pooled, self._pooled, self._raw = self._pooled, None, None
+        assert pooled is not None
+        assert self._pool is not None
+        if self._leak_handle is not None:
+            self._leak_handle.cancel()
+            if self._leak_reported:
+                held = asyncio.get_running_loop().time() - self._leak_reported
+                self._pool_log().warning(
+                    "lease_returned_after_leak",
+                    consumer=self.consumer,
+                    held_seconds=round(held + (self._pool.config.leak_threshold or 0), 3),
+                )
+        pool = self._pool
+        if self._full_reset or not pool.release_nowait(pooled, failed=failed):
+            await pool.release(pooled, failed=failed, full_reset=self._full_reset)
+
+    def _leaked(self) -> None:
+        pool = self._pool
+        if pool is None or self._state != 1:
+            return
+        self._leak_reported = asyncio.get_running_loop().time()
+        pool.note_leak(self.consumer)
+        self._pool_log().warning(
+            "lease_leak_suspected",
+            consumer=self.consumer,
+            held_seconds=pool.config.leak_threshold,
+            stack=self._stack,
+        )
+
+    def _pool_log(self) -> Any:
+        assert self._pool is not None
+        return get_logger("connman.lease", pool=self._pool.name)
+
+    def __repr__(self) -> str:
+        where = self._pool.name if self._pool is not None else "unresolved"
+        state = ("new", "active", "ended")[self._state]
+        return f"<Lease {self.consumer!r} {state} on {where}>"
+
+
+class ConnectionManager:
+    """One pool per database, leases for every subsystem.
+
+    Args:
+        url: the database; ``None`` resolves storage from the environment
+            (:func:`connman.resolve_storage`). A :class:`~connman.Storage` is used as is.
+        config: pool settings; ``None`` reads :meth:`PoolConfig.from_env`.
+        degrade: fall back Production -> Unified -> Portable when the database cannot
+            be reached at start-up. ``None``: on for resolved storage unless
+            ``KGENTS_STORAGE_STRICT`` is set; off for an explicit ``url`` string (code
+            that names a database wants that database, not a file in ``~``).
+        observer: receives per-lease timings (see :mod:`connman.metrics`).
+    """
+
+    def __init__(
+        self,
+        url: str | Storage | None = None,
+        *,
+        config: PoolConfig | None = None,
+        degrade: bool | None = None,
+        observer: PoolObserver | None = None,
+    ) -> None:
+        if url is None or isinstance(url, Storage):
+            storage = resolve_storage() if url is None else url
+            default_degrade = not storage.strict
+        else:
+            parsed = parse_url(url, source="ConnectionManager(url=...)")
+            storage = Storage(
+                url=parsed.key, tier=tier_of(parsed), source="url", dgent_url=parsed.key
+            )
+            default_degrade = False
+        self.storage = storage
+        """What was asked for (the resolved storage); see :attr:`degraded`."""
+        self.config = config if config is not None else PoolConfig.from_env()
+        self._degrade = default_degrade if degrade is None else degrade
+        self._observer = observer
+        self._pools: dict[str, Pool] = {}  # normalized URL key -> pool (aliases too)
+        self._by_text: dict[str, Pool] = {}  # URL as callers spell it -> pool
+        self._default: Pool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._start_lock: asyncio.Lock | None = None
+        self._closing = False
+        self._log = get_logger("connman.manager")
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the default pool (degrading if allowed). Idempotent.
+
+        Raises:
+            PoolUnavailable: no candidate database could be reached.
+        """
+        if self._default is not None:
+            return
+        if self._closing:
+            raise PoolClosed("the ConnectionManager is closed")
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and self._loop is not loop:
+            raise ConnmanError(_WRONG_LOOP)
+        self._loop = loop
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._default is None:
+                await self._open_default()
+
+    async def _open_default(self) -> None:
+        wanted = self.storage
+        candidates = [wanted, *(wanted.fallbacks if self._degrade else ())]
+        failures: list[str] = []
+        for candidate in candidates:
+            url = parse_url(candidate.url, source=candidate.source)
+            pool = self._new_pool(url)
+            pool.tier = candidate.tier.value
+            try:
+                await pool.open(wait=True)
+            except PoolUnavailable as exc:
+                failures.append(f"{candidate.tier.value} ({exc})")
+                if self._degrade and candidate is not candidates[-1]:
+                    self._log.warning(
+                        "storage_unreachable",
+                        tier=candidate.tier.value,
+                        url=url.redacted(),
+                        error=str(exc),
+                    )
+                continue
+            if candidate is not wanted:
+                pool.degraded_from = wanted.redacted_url
+                self._log.warning(
+                    "storage_degraded",
+                    wanted=wanted.redacted_url,
+                    wanted_tier=wanted.tier.value,
+                    got=url.redacted(),
+                    got_tier=candidate.tier.value,
+                    reason="; ".join(failures),
+                )
+            self._pools[url.key] = pool
+            self._pools[parse_url(wanted.url).key] = pool
+            self._default = pool
+            return
+        hint = "Start the database (docker compose up -d), fix KGENTS_DATABASE_URL" + (
+            ", or unset KGENTS_STORAGE_STRICT to allow degradation" if not self._degrade else ""
+        )
+        raise PoolUnavailable("no storage reachable: " + "; ".join(failures) + ". " + hint)
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        """Close every pool: waiters get PoolClosed, leases still out get ``timeout``
+        seconds to come back before their connections are terminated."""
+        self._closing = True
+        pools = {id(p): p for p in self._pools.values()}
+        if self._default is not None:
+            pools[id(self._default)] = self._default
+        await asyncio.gather(*(p.aclose(timeout) for p in pools.values()))
+
+    async def __aenter__(self) -> ConnectionManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` was called."""
+        return self._closing
+
+    # -- leases ----------------------------------------------------------------------
+
+    def lease(
+        self,
+        consumer: str,
+        *,
+        url: str | None = None,
+        timeout: float | None = None,
+        full_reset: bool = False,
+    ) -> Lease:
+        """A lease for ``consumer`` (``"sqlalchemy"``, ``"dgent"``, ``"brain"``...),
+        to use as ``async with manager.lease("dgent") as lease:``.
+
+        ``url``: another database than the default; any spelling of it reaches its one
+        pool (created on first use). ``timeout``: seconds to wait (default
+        ``config.acquire_timeout``). ``full_reset``: see :meth:`Lease.request_full_reset`.
+        """
+        if type(consumer) is not str or not consumer:
+            raise ConfigError(f"a lease needs a consumer name (a non-empty str), got {consumer!r}")
+        if self._closing:
+            raise PoolClosed("the ConnectionManager is closed")
+        pool = self._default if url is None else self._by_text.get(url)
+        return Lease(self, pool, url, consumer, timeout, full_reset)
+
+    async def acquire(
+        self,
+        consumer: str,
+        *,
+        url: str | None = None,
+        timeout: float | None = None,
+        full_reset: bool = False,
+    ) -> Lease:
+        """Like :meth:`lease`, already acquired; the caller must ``await
+        lease.release()`` (for code that cannot use ``async with``)."""
+        return await self.lease(consumer, url=url, timeout=timeout, full_reset=full_reset).acquire()
+
+    async def _bind_loop(self) -> None:
+        if self._loop is None:
+            await self.start()
+        elif self._loop is not asyncio.get_running_loop():
+            raise ConnmanError(_WRONG_LOOP)
+
+    async def _pool_for(self, url: str | None) -> Pool:
+        if url is None:
+            await self.start()
+            assert self._default is not None
+            return self._default
+        pool = self._by_text.get(url)
+        if pool is not None:
+            return pool
+        parsed = parse_url(url, source="lease(url=...)")
+        pool = self._pools.get(parsed.key)
+        if pool is None:
+            if self._closing:
+                raise PoolClosed("the ConnectionManager is closed")
+            pool = self._new_pool(parsed)
+            pool.tier = tier_of(parsed).value
+            self._pools[parsed.key] = pool
+            await pool.open(wait=False)
+        self._by_text[url] = pool
+        return pool
+
+    def _new_pool(self, url: DatabaseURL) -> Pool:
+        return Pool(url, driver_for(url, self.config), self.config, observer=self._observer)
+
+    # -- what it reports -------------------------------------------------------------
+
+    def stats(self) -> list[PoolStats]:
+        """One snapshot per pool (the default one first). Nothing in them is secret."""
+        seen: dict[int, Pool] = {}
+        if self._default is not None:
+            seen[id(self._default)] = self._default
+        for pool in self._pools.values():
+            seen.setdefault(id(pool), pool)
+        return [pool.stats() for pool in seen.values()]
+
+    @property
+    def degraded(self) -> bool:
+        """True when the default pool is a fallback for the storage asked for."""
+        return self._default is not None and self._default.degraded_from is not None
+
+    @property
+    def default_pool(self) -> Pool | None:
+        """The pool behind ``lease()`` without ``url`` (None before :meth:`start`)."""
+        return self._default
+
+    def __repr__(self) -> str:
+        where = self._default.name if self._default is not None else self.storage.redacted_url
+        return f"<ConnectionManager {where} pools={len(self.stats())}>"
+
+
+_WRONG_LOOP = (
+    "this ConnectionManager was started on another event loop; asyncpg and aiosqlite "
+    "connections cannot cross loops. Create one manager per loop, or call "
+    "connman.get_manager() from inside the loop that uses it."
+)
+
+_default_manager: ConnectionManager | None = None
+_default_lock = threading.Lock()
+
+
+def get_manager() -> ConnectionManager:
+    """The process-wide manager, created on first use from :func:`resolve_storage`
+    and started by its first lease. If the previous one was closed, or its event loop
+    has closed (a new ``asyncio.run``), a fresh one replaces it."""
+    global _default_manager
+    with _default_lock:
+        current = _default_manager
+        stale = (
+            current is None
+            or current.closed
+            or (current._loop is not None and current._loop.is_closed())
+        )
+        if stale:
+            current = _default_manager = ConnectionManager()
+        assert current is not None
+        return current

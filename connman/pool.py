@@ -1,0 +1,688 @@
+"""The driver-agnostic pool: one set of connections to one database.
+
+What it guarantees, and how:
+
+- **Strict FIFO with direct handoff.** A released connection goes straight to the
+  oldest eligible waiter (its future is resolved with the connection); it never passes
+  through the idle list where a newcomer could take it first (asyncpg#1247).
+- **Limits per consumer.** A waiter whose consumer is at its limit is skipped, not
+  served and not blocking: the next eligible waiter gets the connection.
+- **Deadlines everywhere.** A waiter's deadline is a timer that removes it from the
+  queue and fails it, so a waiter that timed out can never be handed a connection.
+  Connecting, pinging and resetting run under timeouts.
+- **Cancellation never leaks.** A waiter cancelled after it was handed a connection
+  gives it back; a lease cancelled mid-query is cleaned (the cancel acknowledged, the
+  transaction rolled back) or closed; cleanup runs shielded.
+- **No round trip on a clean release.** The driver decides from client-side state
+  whether a connection needs a reset; a clean one goes back with no I/O.
+- **Self-healing.** Connections are opened by background tasks, never by the waiter,
+  so a cancelled waiter cannot leave a half-open connection behind; failed attempts
+  back off exponentially with jitter and the pool refills itself when the server
+  returns.
+
+Everything runs on one event loop; the bookkeeping is synchronous code between awaits,
+which is what makes the handoff atomic without locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import traceback
+from collections import deque
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+
+from connman import stats as S
+from connman.drivers import BROKEN, CLEAN, Driver, DriverConnection
+from connman.errors import AcquireTimeout, ConnmanError, PoolClosed, PoolUnavailable
+from connman.logging import get_logger
+from connman.urls import redact_text
+
+if TYPE_CHECKING:
+    from connman.config import PoolConfig
+    from connman.stats import PoolObserver
+    from connman.urls import DatabaseURL
+
+__all__ = ["Pool", "PooledConnection"]
+
+_monotonic: Final = time.monotonic
+# Share of max_lifetime taken off at random per connection (psycopg_pool uses 5 %).
+_LIFETIME_JITTER: Final = 0.05
+# Relative jitter of each reconnect delay, so several processes do not retry in step.
+_BACKOFF_JITTER: Final = 0.1
+
+
+class PooledConnection:
+    """A physical connection and the pool's bookkeeping about it."""
+
+    __slots__ = ("conn", "consumer", "created", "expires", "last_used", "leased_at")
+
+    def __init__(self, conn: DriverConnection, now: float, lifetime: float) -> None:
+        self.conn = conn
+        self.created = now
+        self.expires = now + lifetime * (1.0 - _LIFETIME_JITTER * random.random())
+        self.last_used = now
+        self.leased_at = now
+        self.consumer: str | None = None
+
+
+class _Waiter:
+    __slots__ = ("consumer", "future", "timer")
+
+    def __init__(self, consumer: str, future: asyncio.Future[PooledConnection]) -> None:
+        self.consumer = consumer
+        self.future = future
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class Pool:
+    """Connections to one database, leased to named consumers.
+
+    Use it through :class:`connman.ConnectionManager`; a pool on its own is the
+    engine room (``acquire``/``release``), without the lease object's safety net.
+    """
+
+    def __init__(
+        self,
+        url: DatabaseURL,
+        driver: Driver,
+        config: PoolConfig,
+        *,
+        name: str | None = None,
+        observer: PoolObserver | None = None,
+    ) -> None:
+        self.url = url
+        self.name = name or url.redacted()
+        self.dialect = driver.dialect
+        self.config = config
+        # Set by the manager when this pool stands in for one it could not reach.
+        self.degraded_from: str | None = None
+        self.tier: str | None = None
+        self._driver = driver
+        self._observer = observer
+        self._limits = dict(config.consumer_limits)
+        self._max_size = config.max_size
+        self._min_size = config.min_size
+        # An in-memory SQLite database lives only as long as a connection to it.
+        if url.is_memory:
+            self._min_size = max(self._min_size, 1)
+        self._check_after = config.health_check_after
+
+        self._idle: list[PooledConnection] = []  # LIFO: hot connections stay hot
+        self._waiters: deque[_Waiter] = deque()
+        self._n_waiting = 0
+        self._in_use = 0
+        self._consumers: dict[str, int] = {}
+        self._connecting = 0
+        self._closing_conns = 0
+        self._counters = dict.fromkeys(S.COUNTERS, 0)
+
+        self._last_error: str | None = None
+        self._failing = False
+        self._backoff = 0.0
+        self._backoff_handle: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._maintenance: asyncio.Task[None] | None = None
+        self._conns: set[PooledConnection] = set()  # every open connection
+        self._all_returned = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._opened = False
+        self._closing = False
+        self._log = get_logger("connman.pool", pool=self.name)
+
+    # ================================================================= lifecycle
+
+    async def open(self, *, wait: bool = True) -> None:
+        """Start the pool. With ``wait``, open one connection first and raise
+        :class:`PoolUnavailable` if that fails within ``connect_timeout``."""
+        if self._opened:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._opened = True
+        await self._driver.start()
+        self._log.debug("pool_created", min_size=self._min_size, max_size=self._max_size)
+        if wait:
+            try:
+                with anyio.fail_after(self.config.connect_timeout):
+                    pooled = await self._open_connection()
+            except BaseException as exc:
+                self._closing = True
+                self._closed.set()
+                await self._driver.stop()
+                if isinstance(exc, Exception):
+                    raise PoolUnavailable(
+                        f"cannot connect to {self.name}: {_describe(exc)}. Check that the "
+                        "server runs and that the URL (host, port, user, password) is right."
+                    ) from None
+                raise
+            self._idle.append(pooled)
+        self._maintenance = self._loop.create_task(self._maintain())
+        self._grow()
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        """Close the pool: new acquires and every waiter get :class:`PoolClosed`;
+        leases still out get ``timeout`` seconds to come back, then their connections
+        are terminated (their holders get errors on next use)."""
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        self._fail_waiters(PoolClosed(f"pool {self.name} is closed"))
+        if self._backoff_handle is not None:
+            self._backoff_handle.cancel()
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+        idle, self._idle = self._idle, []
+        for pooled in idle:
+            self._drop(pooled, lost=False)
+        if self._in_use:
+            with anyio.move_on_after(timeout):
+                await self._all_returned.wait()
+        for pooled in list(self._conns):  # leased and never returned
+            self._drop(pooled, lost=False, terminate=True)
+        if self._tasks:  # polite closes and cleanups, each bounded by its own timeout
+            await asyncio.wait(list(self._tasks), timeout=self.config.close_timeout)
+            for task in list(self._tasks):
+                task.cancel()
+        await self._driver.stop()
+        self._closed.set()
+        self._log.debug("pool_closed", counters=dict(self._counters))
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` has begun."""
+        return self._closing
+
+    # ================================================================= acquire
+
+    async def acquire(self, consumer: str, timeout: float | None = None) -> PooledConnection:
+        """Lease a connection to ``consumer`` within ``timeout`` seconds (default
+        ``acquire_timeout``).
+
+        Raises:
+            AcquireTimeout: none became free in time (the message says why).
+            PoolUnavailable: the database cannot be reached.
+            PoolClosed: the pool is closing.
+        """
+        if self._closing:
+            raise PoolClosed(f"pool {self.name} is closed")
+        idle = self._idle
+        # Fast path: nobody queued ahead of us, an idle connection, the consumer under
+        # its limit. No future, no task switch, no timer.
+        if idle and not self._n_waiting:
+            limit = self._limits.get(consumer) if self._limits else None
+            if limit is None or self._consumers.get(consumer, 0) < limit:
+                pooled = idle.pop()
+                self._assign(pooled, consumer)
+                now = _monotonic()
+                if now - pooled.last_used < self._check_after and now < pooled.expires:
+                    pooled.leased_at = now
+                    self._counters[S.ACQUIRED] += 1
+                    if self._observer is not None:
+                        self._observer.lease_acquired(self.name, consumer, 0.0)
+                    return pooled
+                return await self._acquire_slow(consumer, timeout, pooled)
+        return await self._acquire_slow(consumer, timeout, None)
+
+    async def _acquire_slow(
+        self, consumer: str, timeout: float | None, candidate: PooledConnection | None
+    ) -> PooledConnection:
+        started = _monotonic()
+        deadline = started + (self.config.acquire_timeout if timeout is None else timeout)
+        queued = front = False
+        while True:
+            if candidate is None:
+                if not queued:
+                    queued = True
+                    self._counters[S.WAITED] += 1
+                candidate = await self._wait(consumer, deadline, started, front)
+            pooled, candidate = candidate, None
+            if await self._validate(pooled, consumer, deadline, started):
+                now = _monotonic()
+                pooled.leased_at = now
+                self._counters[S.ACQUIRED] += 1
+                if self._observer is not None:
+                    self._observer.lease_acquired(self.name, consumer, now - started)
+                return pooled
+            # The connection we were given was dead: keep our place at the head.
+            front = True
+
+    async def _wait(
+        self, consumer: str, deadline: float, started: float, front: bool
+    ) -> PooledConnection:
+        loop = self._loop
+        assert loop is not None
+        waiter = _Waiter(consumer, loop.create_future())
+        if front:
+            self._waiters.appendleft(waiter)
+        else:
+            self._waiters.append(waiter)
+        self._n_waiting += 1
+        self._dispatch()
+        future = waiter.future
+        if not future.done():
+            self._grow()
+            waiter.timer = loop.call_at(deadline, self._expire, waiter, started)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.cancelled():
+                # Still queued when cancelled: it leaves the queue (lazily; dispatch
+                # skips done futures).
+                self._n_waiting -= 1
+                self._counters[S.CANCELLED] += 1
+            elif future.exception() is None:
+                # Handed a connection in the same loop iteration as the cancellation:
+                # give it back, or it would be lost.
+                self._counters[S.CANCELLED] += 1
+                self._return_unused(future.result())
+            raise
+        finally:
+            if waiter.timer is not None:
+                waiter.timer.cancel()
+
+    def _expire(self, waiter: _Waiter, started: float) -> None:
+        """Timer callback at a waiter's deadline."""
+        if waiter.future.done():
+            return
+        self._n_waiting -= 1
+        waiter.future.set_exception(self._acquire_error(waiter.consumer, _monotonic() - started))
+
+    async def _validate(
+        self, pooled: PooledConnection, consumer: str, deadline: float, started: float
+    ) -> bool:
+        """Check a connection just handed to us; on failure discard it (and the caller
+        waits again within the same deadline)."""
+        conn = pooled.conn
+        now = _monotonic()
+        if conn.is_closed() or now >= pooled.expires:
+            self._lease_ended(pooled, None)
+            self._slot_freed()
+            self._drop(pooled, lost=conn.is_closed())
+            return False
+        if now - pooled.last_used < self._check_after:
+            return True
+        self._counters[S.HEALTH_CHECKS] += 1
+        try:
+            with anyio.fail_after(min(deadline - now, self.config.connect_timeout)):
+                await conn.ping()
+        except BaseException as exc:
+            self._lease_ended(pooled, None)
+            if isinstance(exc, asyncio.CancelledError | TimeoutError):
+                # Interrupted, not failed: the ping may still be on the wire. Clean
+                # the connection in the background, like a lease that was cancelled.
+                self._spawn(self._clean_and_return(pooled, True, False))
+            else:
+                self._slot_freed()
+                self._drop(pooled, lost=True)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            self._counters[S.HEALTH_CHECKS_FAILED] += 1
+            self._log.info("health_check_failed", error=_describe(exc))
+            if _monotonic() >= deadline:
+                raise self._acquire_error(consumer, _monotonic() - started) from None
+            return False
+        pooled.last_used = _monotonic()
+        return True
+
+    # ================================================================= release
+
+    def release_nowait(self, pooled: PooledConnection, *, failed: bool = False) -> bool:
+        """Return a clean connection without I/O. Returns False when the connection
+        needs :meth:`release` (a reset, a close) instead; nothing has changed then."""
+        now = _monotonic()
+        if self._closing or now >= pooled.expires or pooled.conn.verdict(failed) != CLEAN:
+            return False
+        self._lease_ended(pooled, now)
+        self._slot_freed()
+        pooled.last_used = now
+        self._idle.append(pooled)
+        if self._n_waiting:
+            self._dispatch()
+        return True
+
+    async def release(
+        self, pooled: PooledConnection, *, failed: bool = False, full_reset: bool = False
+    ) -> None:
+        """Return a connection, cleaning it first if it needs it.
+
+        The cleanup runs in its own task and the caller awaits it through
+        ``asyncio.shield``: a cancellation of the caller (``Task.cancel()``,
+        ``asyncio.timeout``, a task group) does not interrupt it. anyio's shielded
+        scopes do not stop a native ``Task.cancel()``, hence the task.
+        """
+        if not full_reset and self.release_nowait(pooled, failed=failed):
+            return
+        self._lease_ended(pooled, _monotonic())
+        await asyncio.shield(self._spawn(self._clean_and_return(pooled, failed, full_reset)))
+
+    async def _clean_and_return(self, pooled: PooledConnection, failed: bool, full: bool) -> None:
+        """Background half of a release: the lease has ended, the connection still
+        counts as in use until it is clean (or closed)."""
+        conn = pooled.conn
+        verdict = conn.verdict(failed)
+        if verdict == BROKEN:
+            self._slot_freed()
+            self._drop(pooled, lost=True)
+            return
+        if self._closing or _monotonic() >= pooled.expires:
+            self._slot_freed()
+            self._drop(pooled, lost=False)
+            return
+        if verdict != CLEAN or full:
+            self._counters[S.RESETS] += 1
+            if full:
+                self._counters[S.FULL_RESETS] += 1
+            try:
+                with anyio.fail_after(self.config.reset_timeout):
+                    clean = await conn.reset(full)
+            except Exception as exc:
+                clean = False
+                self._log.info("reset_failed", error=_describe(exc))
+            if not clean or self._closing:
+                self._counters[S.RETURNS_BAD] += int(not clean)
+                self._slot_freed()
+                self._drop(pooled, lost=conn.is_closed())
+                return
+        self._slot_freed()
+        pooled.last_used = _monotonic()
+        self._idle.append(pooled)
+        if self._n_waiting:
+            self._dispatch()
+
+    def _return_unused(self, pooled: PooledConnection) -> None:
+        """Give back a connection that was handed over but never used (no I/O)."""
+        self._lease_ended(pooled, None)
+        self._slot_freed()
+        self._idle.append(pooled)
+        if self._n_waiting:
+            self._dispatch()
+
+    # ================================================================= bookkeeping
+
+    def _assign(self, pooled: PooledConnection, consumer: str) -> None:
+        pooled.consumer = consumer
+        self._in_use += 1
+        consumers = self._consumers
+        consumers[consumer] = consumers.get(consumer, 0) + 1
+
+    def _lease_ended(self, pooled: PooledConnection, now: float | None) -> None:
+        """The consumer's slot is free. ``now`` is None for a lease never granted
+        (handed over, then cancelled or failed validation): not observed."""
+        consumer = pooled.consumer
+        if consumer is None:
+            return
+        pooled.consumer = None
+        left = self._consumers[consumer] - 1
+        if left:
+            self._consumers[consumer] = left
+        else:
+            del self._consumers[consumer]
+        if now is not None and self._observer is not None:
+            self._observer.lease_released(self.name, consumer, now - pooled.leased_at)
+
+    def _slot_freed(self) -> None:
+        """The connection is no longer in use (back in idle, or dropped)."""
+        self._in_use -= 1
+        if self._closing and not self._in_use:
+            self._all_returned.set()
+
+    def _dispatch(self) -> None:
+        """Hand idle connections to the oldest eligible waiters."""
+        idle = self._idle
+        while idle and self._n_waiting:
+            waiter = self._pop_eligible()
+            if waiter is None:
+                return
+            pooled = idle.pop()
+            self._assign(pooled, waiter.consumer)
+            self._n_waiting -= 1
+            waiter.future.set_result(pooled)
+
+    def _pop_eligible(self) -> _Waiter | None:
+        waiters = self._waiters
+        while waiters and waiters[0].future.done():
+            waiters.popleft()
+        if not waiters:
+            return None
+        if not self._limits:
+            return waiters.popleft()
+        for i, waiter in enumerate(waiters):
+            if waiter.future.done():
+                continue
+            limit = self._limits.get(waiter.consumer)
+            if limit is None or self._consumers.get(waiter.consumer, 0) < limit:
+                del waiters[i]
+                return waiter
+        return None
+
+    def _fail_waiters(self, exc: ConnmanError) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.future.done():
+                self._n_waiting -= 1
+                waiter.future.set_exception(exc)
+
+    def _acquire_error(self, consumer: str, waited: float) -> ConnmanError:
+        size = len(self._idle) + self._in_use
+        by_consumer = ", ".join(f"{c} {n}" for c, n in sorted(self._consumers.items())) or "none"
+        text = (
+            f"no connection for consumer {consumer!r} within {waited:.3g}s from pool "
+            f"{self.name}: size {size}/{self._max_size} (connecting {self._connecting}), "
+            f"in use {self._in_use} ({by_consumer}), idle {len(self._idle)}, "
+            f"waiting {self._n_waiting}"
+        )
+        limit = self._limits.get(consumer)
+        if limit is not None:
+            text += f", limit of {consumer!r} {limit}"
+        if self._failing and size == 0:
+            self._counters[S.UNAVAILABLE] += 1
+            if self._observer is not None:
+                self._observer.acquire_failed(self.name, consumer, "unavailable")
+            return PoolUnavailable(
+                f"{text}; the database is unreachable, last connect error: {self._last_error}. "
+                "The pool keeps reconnecting in the background."
+            )
+        if self._last_error is not None:
+            text += f"; last connect error: {self._last_error}"
+        self._counters[S.TIMEOUTS] += 1
+        if self._observer is not None:
+            self._observer.acquire_failed(self.name, consumer, "timeout")
+        return AcquireTimeout(
+            f"{text}. Raise max_size or acquire_timeout (KGENTS_POOL_MAX_SIZE, "
+            "KGENTS_POOL_ACQUIRE_TIMEOUT), or set leak_threshold to find who holds them."
+        )
+
+    # ================================================================= growth
+
+    def _grow(self) -> None:
+        """Start background connects for waiters and for min_size, within max_size."""
+        if self._closing or self._backoff_handle is not None or self._loop is None:
+            return
+        size = len(self._idle) + self._in_use
+        room = self._max_size - size - self._connecting - self._closing_conns
+        want = max(self._min_size - size, self._n_waiting - len(self._idle)) - self._connecting
+        for _ in range(min(room, want)):
+            self._connecting += 1
+            self._spawn(self._connect_in_background())
+
+    async def _connect_in_background(self) -> None:
+        try:
+            pooled = await self._open_connection()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._enter_backoff()
+            return
+        finally:
+            self._connecting -= 1
+        if self._closing:
+            self._drop(pooled, lost=False, terminate=True)
+            return
+        self._idle.append(pooled)
+        self._dispatch()
+        self._grow()
+
+    async def _open_connection(self) -> PooledConnection:
+        started = _monotonic()
+        try:
+            conn = await self._driver.connect()
+        except Exception as exc:
+            self._counters[S.CONNECT_ERRORS] += 1
+            self._last_error = _describe(exc)
+            self._failing = True
+            if self._observer is not None:
+                self._observer.connect_failed(self.name)
+            self._log.warning("connect_failed", error=self._last_error)
+            raise
+        now = _monotonic()
+        self._counters[S.CONNECTIONS_OPENED] += 1
+        if self._failing:
+            self._log.warning("reconnected", after_error=self._last_error)
+        self._failing = False
+        self._backoff = 0.0
+        if self._observer is not None:
+            self._observer.connection_opened(self.name, now - started)
+        self._log.debug("connection_opened", seconds=round(now - started, 6))
+        pooled = PooledConnection(conn, now, self.config.max_lifetime)
+        self._conns.add(pooled)
+        return pooled
+
+    def _enter_backoff(self) -> None:
+        if self._closing or self._backoff_handle is not None or self._loop is None:
+            return
+        cfg = self.config
+        self._backoff = min(
+            max(self._backoff * 2, cfg.reconnect_initial_delay), cfg.reconnect_max_delay
+        )
+        delay = self._backoff * (1 + random.uniform(-_BACKOFF_JITTER, _BACKOFF_JITTER))
+        self._log.info("reconnect_scheduled", delay=round(delay, 3))
+        self._backoff_handle = self._loop.call_later(delay, self._leave_backoff)
+
+    def _leave_backoff(self) -> None:
+        self._backoff_handle = None
+        self._grow()
+
+    # ================================================================= shrinking
+
+    def _drop(self, pooled: PooledConnection, *, lost: bool, terminate: bool = False) -> None:
+        """Take a connection out of the pool for good (it is neither idle nor in use
+        any more). Idempotent: a connection terminated by ``aclose`` and released
+        later is counted once."""
+        if pooled not in self._conns:
+            return
+        self._conns.discard(pooled)
+        self._counters[S.CONNECTIONS_CLOSED] += 1
+        if lost:
+            self._counters[S.CONNECTIONS_LOST] += 1
+            self._log.info("connection_lost")
+        if self._observer is not None:
+            self._observer.connection_closed(self.name, lost)
+        if terminate or lost or pooled.conn.is_closed():
+            pooled.conn.terminate()
+        else:
+            # Counted against max_size until the server has seen it go, so the
+            # server never holds more than max_size of our connections.
+            self._closing_conns += 1
+            self._spawn(self._close_politely(pooled))
+        self._grow()
+
+    async def _close_politely(self, pooled: PooledConnection) -> None:
+        try:
+            with anyio.fail_after(self.config.close_timeout):
+                await pooled.conn.close()
+        except BaseException:
+            pooled.conn.terminate()
+            raise
+        finally:
+            self._closing_conns -= 1
+            self._log.debug("connection_closed")
+            self._grow()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        assert self._loop is not None
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._log.debug("background_task_failed", error=_describe(task.exception()))
+
+    async def _maintain(self) -> None:
+        """Retire idle connections past max_idle (above min_size), past max_lifetime,
+        or found dead, and top the pool up to min_size."""
+        cfg = self.config
+        interval = min(max(min(cfg.max_idle, cfg.max_lifetime) / 10, 0.05), 30.0)
+        while not self._closing:
+            await asyncio.sleep(interval)
+            now = _monotonic()
+            size = len(self._idle) + self._in_use
+            retire: list[tuple[PooledConnection, bool]] = []
+            # The idle list is least recently returned first: expire from that end.
+            for pooled in self._idle:
+                if pooled.conn.is_closed():
+                    retire.append((pooled, True))
+                elif now >= pooled.expires or (
+                    now - pooled.last_used >= cfg.max_idle and size - len(retire) > self._min_size
+                ):
+                    retire.append((pooled, False))
+            if retire:
+                gone = {id(p) for p, _ in retire}
+                self._idle[:] = [p for p in self._idle if id(p) not in gone]
+                for pooled, lost in retire:
+                    self._drop(pooled, lost=lost)
+            self._grow()
+
+    # ================================================================= stats
+
+    def stats(self) -> S.PoolStats:
+        """A snapshot; ``url`` and ``last_error`` are redacted."""
+        waiting_by: dict[str, int] = {}
+        for waiter in self._waiters:
+            if not waiter.future.done():
+                waiting_by[waiter.consumer] = waiting_by.get(waiter.consumer, 0) + 1
+        return S.PoolStats(
+            name=self.name,
+            url=self.url.redacted(),
+            dialect=self.dialect,
+            size=len(self._idle) + self._in_use,
+            idle=len(self._idle),
+            in_use=self._in_use,
+            waiting=self._n_waiting,
+            min_size=self._min_size,
+            max_size=self._max_size,
+            connecting=self._connecting,
+            degraded=self.degraded_from is not None,
+            requested_url=self.degraded_from,
+            tier=self.tier,
+            consumers=dict(self._consumers),
+            waiting_by_consumer=waiting_by,
+            consumer_limits=dict(self._limits),
+            counters=dict(self._counters),
+            last_error=self._last_error if self._failing else None,
+            closed=self._closing,
+        )
+
+    def note_leak(self, consumer: str) -> None:
+        """Count a lease held past ``leak_threshold`` (the lease logs it)."""
+        self._counters[S.LEAKS] += 1
+        if self._observer is not None:
+            self._observer.leak_detected(self.name, consumer)
+
+    def leak_stack(self) -> str:
+        """The caller's stack, for leak reports (only taken when leak detection is on)."""
+        return "".join(traceback.format_stack(limit=12)[:-2])
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = str(exc) or type(exc).__name__
+    return redact_text(f"{type(exc).__name__}: {text}")

@@ -1,0 +1,277 @@
+"""The storage protocol: which database kgents uses, decided once.
+
+Resolution priority (first match wins; an empty or blank variable counts as unset):
+
+1. ``KGENTS_DATABASE_URL`` (canonical)
+2. ``KGENTS_POSTGRES_URL`` (legacy: deprecated, converted to ``postgresql+asyncpg://``)
+3. ``$XDG_DATA_HOME/kgents/membrane.db`` (only when XDG_DATA_HOME is absolute)
+4. ``~/.local/share/kgents/membrane.db``
+
+Tiers: SQLite is portable; Postgres on loopback or a unix socket is unified; any other
+Postgres is production; ``KGENTS_STORAGE_TIER`` overrides. When the chosen Postgres
+cannot be reached at start-up the manager degrades Production -> Unified -> Portable
+along :attr:`Storage.fallbacks`, unless ``KGENTS_STORAGE_STRICT`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from connman.errors import ConfigError
+from connman.urls import DatabaseURL, parse_url
+
+__all__ = [
+    "DEFAULT_UNIFIED_URL",
+    "DgentBackend",
+    "Storage",
+    "Tier",
+    "portable_url",
+    "resolve_storage",
+    "tier_of",
+]
+
+DEFAULT_UNIFIED_URL = "postgresql+asyncpg://kgents:kgents@localhost:5432/kgents"
+"""The docker-compose Postgres of the protocol (``docker compose up -d``)."""
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class Tier(StrEnum):
+    """Storage tiers of the protocol, from the laptop to the cloud."""
+
+    PORTABLE = "portable"
+    UNIFIED = "unified"
+    PRODUCTION = "production"
+
+
+class DgentBackend(StrEnum):
+    """Values of the legacy ``KGENTS_DGENT_BACKEND`` that connman honours.
+
+    - ``POSTGRES``: D-gent must use Postgres; resolving fails if storage is not Postgres.
+    - ``SQLITE``: D-gent uses the portable SQLite file even when Postgres is configured.
+    - ``MEMORY``: D-gent uses an in-process SQLite ``:memory:`` database (nothing kept).
+
+    ``JSONL`` (a file backend of old kgents) is not a database; connman refuses it with
+    a message rather than silently storing D-gent data somewhere else.
+    """
+
+    POSTGRES = "POSTGRES"
+    SQLITE = "SQLITE"
+    MEMORY = "MEMORY"
+
+
+@dataclass(frozen=True, slots=True)
+class Storage:
+    """The outcome of :func:`resolve_storage`. Its ``str``/``repr`` never show a password."""
+
+    url: str = field(repr=False)
+    """Normalized, driver-qualified URL, password included: pass it on, never print it."""
+    tier: Tier
+    source: str
+    """``KGENTS_DATABASE_URL``, ``KGENTS_POSTGRES_URL``, ``XDG_DATA_HOME`` or ``default``
+    (fallbacks: ``KGENTS_UNIFIED_URL`` or ``unified default``)."""
+    warnings: list[str] = field(default_factory=list)
+    strict: bool = False
+    """True when ``KGENTS_STORAGE_STRICT`` forbids degradation."""
+    fallbacks: tuple[Storage, ...] = field(default=(), repr=False)
+    """Where to degrade to, in order, if this storage cannot be reached at start-up."""
+    dgent_url: str = field(default="", repr=False)
+    """The URL the D-gent track uses (differs from ``url`` only per KGENTS_DGENT_BACKEND)."""
+
+    @property
+    def database_url(self) -> DatabaseURL:
+        """``url`` parsed."""
+        return parse_url(self.url, source=self.source)
+
+    @property
+    def dialect(self) -> str:
+        """``postgresql`` or ``sqlite``."""
+        return "sqlite" if self.url.startswith("sqlite") else "postgresql"
+
+    @property
+    def redacted_url(self) -> str:
+        """``url`` with its password replaced by ``***``."""
+        return self.database_url.redacted()
+
+    def __str__(self) -> str:
+        return f"{self.tier.value} storage {self.redacted_url} (from {self.source})"
+
+    def __repr__(self) -> str:
+        return (
+            f"Storage(url={self.redacted_url!r}, tier={self.tier.value!r}, "
+            f"source={self.source!r}, warnings={self.warnings!r}, strict={self.strict!r})"
+        )
+
+
+def resolve_storage(env: Mapping[str, str] | None = None) -> Storage:
+    """Resolve kgents storage from the environment by the documented protocol.
+
+    Pure apart from reading ``env`` (default ``os.environ``): it neither connects nor
+    creates files; the SQLite driver creates the file's directory (mode 0700) when the
+    pool opens.
+
+    Raises:
+        ConfigError: a malformed or unsupported URL (naming the variable, its redacted
+            value and what is accepted), a bad ``KGENTS_STORAGE_TIER`` /
+            ``KGENTS_STORAGE_STRICT`` / ``KGENTS_DGENT_BACKEND``.
+    """
+    env = os.environ if env is None else env
+    warnings: list[str] = []
+    canonical = _get(env, "KGENTS_DATABASE_URL")
+    legacy = _get(env, "KGENTS_POSTGRES_URL")
+    if canonical is not None:
+        url = parse_url(canonical, source="KGENTS_DATABASE_URL")
+        source = "KGENTS_DATABASE_URL"
+        if legacy is not None:
+            warnings.append(
+                "KGENTS_POSTGRES_URL is set but ignored: KGENTS_DATABASE_URL takes priority. "
+                "Unset KGENTS_POSTGRES_URL (it is deprecated)."
+            )
+    elif legacy is not None:
+        url = parse_url(legacy, source="KGENTS_POSTGRES_URL")
+        source = "KGENTS_POSTGRES_URL"
+        if url.dialect != "postgresql":
+            raise ConfigError(
+                f"KGENTS_POSTGRES_URL={url.redacted()!r} is not a PostgreSQL URL. "
+                "Put SQLite URLs in KGENTS_DATABASE_URL."
+            )
+        warnings.append(
+            "KGENTS_POSTGRES_URL is deprecated: set "
+            f"KGENTS_DATABASE_URL={url.redacted()} instead (same database, canonical form)."
+        )
+    else:
+        url, source, xdg_warning = _portable(env)
+        if xdg_warning:
+            warnings.append(xdg_warning)
+
+    tier = _tier_override(env) or tier_of(url)
+    strict = _flag(env, "KGENTS_STORAGE_STRICT")
+    dgent_url = _dgent_url(env, url, source)
+    return Storage(
+        url=url.key,
+        tier=tier,
+        source=source,
+        warnings=warnings,
+        strict=strict,
+        fallbacks=_fallbacks(env, url, tier),
+        dgent_url=dgent_url,
+    )
+
+
+def tier_of(url: DatabaseURL) -> Tier:
+    """The tier a URL belongs to by where it points (no override applied)."""
+    if url.dialect == "sqlite":
+        return Tier.PORTABLE
+    return Tier.UNIFIED if url.is_local else Tier.PRODUCTION
+
+
+def portable_url(env: Mapping[str, str] | None = None) -> DatabaseURL:
+    """The portable SQLite file: XDG_DATA_HOME (if absolute) or ~/.local/share."""
+    return _portable(os.environ if env is None else env)[0]
+
+
+# -- private -----------------------------------------------------------------------
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None or not value.strip():
+        return None
+    return value.strip()
+
+
+def _portable(env: Mapping[str, str]) -> tuple[DatabaseURL, str, str | None]:
+    xdg = _get(env, "XDG_DATA_HOME")
+    warning = None
+    if xdg is not None:
+        if os.path.isabs(xdg):
+            path = os.path.join(xdg, "kgents", "membrane.db")
+            return parse_url("sqlite:///" + path, source="XDG_DATA_HOME"), "XDG_DATA_HOME", None
+        # The XDG spec: "If an implementation encounters a relative path in any of
+        # these variables it should consider the path invalid and ignore it."
+        warning = f"XDG_DATA_HOME={xdg!r} is relative and ignored (the XDG spec wants absolute)"
+    home = _get(env, "HOME") or os.path.expanduser("~")
+    path = os.path.join(home, ".local", "share", "kgents", "membrane.db")
+    return parse_url("sqlite:///" + path, source="default"), "default", warning
+
+
+def _tier_override(env: Mapping[str, str]) -> Tier | None:
+    raw = _get(env, "KGENTS_STORAGE_TIER")
+    if raw is None:
+        return None
+    try:
+        return Tier(raw.lower())
+    except ValueError:
+        accepted = ", ".join(t.value for t in Tier)
+        raise ConfigError(
+            f"KGENTS_STORAGE_TIER={raw!r} is not a tier. Accepted: {accepted}"
+        ) from None
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = _get(env, name)
+    if raw is None:
+        return False
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean. Accepted: 1/0, true/false, yes/no, on/off")
+
+
+def _dgent_url(env: Mapping[str, str], url: DatabaseURL, source: str) -> str:
+    raw = _get(env, "KGENTS_DGENT_BACKEND")
+    if raw is None:
+        return url.key
+    if raw.upper() == "JSONL":
+        raise ConfigError(
+            "KGENTS_DGENT_BACKEND=JSONL is a file backend connman does not serve. "
+            "Unset it to keep D-gent data with the rest of storage, or choose "
+            "SQLITE, POSTGRES or MEMORY."
+        )
+    try:
+        backend = DgentBackend(raw.upper())
+    except ValueError:
+        raise ConfigError(
+            f"KGENTS_DGENT_BACKEND={raw!r} is not a backend. Accepted: SQLITE, POSTGRES, MEMORY"
+        ) from None
+    if backend is DgentBackend.POSTGRES:
+        if url.dialect != "postgresql":
+            raise ConfigError(
+                "KGENTS_DGENT_BACKEND=POSTGRES but storage resolved to SQLite "
+                f"({url.redacted()}, from {source}). Set KGENTS_DATABASE_URL to a "
+                "postgresql+asyncpg:// URL, or unset KGENTS_DGENT_BACKEND."
+            )
+        return url.key
+    if backend is DgentBackend.SQLITE:
+        return url.key if url.dialect == "sqlite" else _portable(env)[0].key
+    return parse_url("sqlite:///:memory:").key
+
+
+def _fallbacks(env: Mapping[str, str], url: DatabaseURL, tier: Tier) -> tuple[Storage, ...]:
+    chain: list[Storage] = []
+    seen = {url.key}
+    if tier is Tier.PRODUCTION:
+        raw = _get(env, "KGENTS_UNIFIED_URL")
+        unified = parse_url(raw or DEFAULT_UNIFIED_URL, source="KGENTS_UNIFIED_URL")
+        if unified.key not in seen:
+            seen.add(unified.key)
+            chain.append(
+                Storage(
+                    url=unified.key,
+                    tier=Tier.UNIFIED,
+                    source="KGENTS_UNIFIED_URL" if raw else "unified default",
+                    dgent_url=unified.key,
+                )
+            )
+    if tier is not Tier.PORTABLE:
+        portable, source, _ = _portable(env)
+        if portable.key not in seen:
+            chain.append(
+                Storage(url=portable.key, tier=Tier.PORTABLE, source=source, dgent_url=portable.key)
+            )
+    return tuple(chain)

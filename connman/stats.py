@@ -1,0 +1,141 @@
+"""What a pool reports: a snapshot (:class:`PoolStats`), named counters, and the
+observer interface through which metrics see the hot path.
+
+Stats are read, never pushed: ``manager.stats()`` builds snapshots on demand, so the
+lease path only bumps integers. Timings that need every sample (wait and use time
+histograms) go through a :class:`PoolObserver`; the pool calls it only when one is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+__all__ = [
+    "ACQUIRED",
+    "CANCELLED",
+    "CONNECTIONS_CLOSED",
+    "CONNECTIONS_LOST",
+    "CONNECTIONS_OPENED",
+    "CONNECT_ERRORS",
+    "COUNTERS",
+    "FULL_RESETS",
+    "HEALTH_CHECKS",
+    "HEALTH_CHECKS_FAILED",
+    "LEAKS",
+    "RESETS",
+    "RETURNS_BAD",
+    "TIMEOUTS",
+    "UNAVAILABLE",
+    "WAITED",
+    "PoolObserver",
+    "PoolStats",
+]
+
+ACQUIRED: Final = "acquired"
+"""Leases granted."""
+WAITED: Final = "waited"
+"""Leases that had to queue (no idle connection at once)."""
+TIMEOUTS: Final = "timeouts"
+"""Acquires that failed with AcquireTimeout."""
+UNAVAILABLE: Final = "unavailable"
+"""Acquires that failed with PoolUnavailable (database unreachable)."""
+CANCELLED: Final = "cancelled"
+"""Acquires abandoned by their caller (task cancelled while waiting)."""
+CONNECTIONS_OPENED: Final = "connections_opened"
+"""Physical connections opened."""
+CONNECTIONS_CLOSED: Final = "connections_closed"
+"""Physical connections that left the pool, for any reason (opened - closed = size)."""
+CONNECTIONS_LOST: Final = "connections_lost"
+"""Of those closed, the ones found dead (server restart, terminated backend, ping)."""
+CONNECT_ERRORS: Final = "connect_errors"
+"""Failed connection attempts."""
+RESETS: Final = "resets"
+"""Releases that needed a round trip to clean the connection (rollback, RESET ALL)."""
+FULL_RESETS: Final = "full_resets"
+"""Of those, full resets (asked for by the lease, or LISTEN used)."""
+RETURNS_BAD: Final = "returns_bad"
+"""Returned connections that could not be made clean and were closed."""
+HEALTH_CHECKS: Final = "health_checks"
+"""Pings of connections idle longer than ``health_check_after``."""
+HEALTH_CHECKS_FAILED: Final = "health_checks_failed"
+"""Pings that failed (the connection was replaced within the same deadline)."""
+LEAKS: Final = "leaks"
+"""Leases held longer than ``leak_threshold``."""
+
+COUNTERS: Final = (
+    ACQUIRED,
+    WAITED,
+    TIMEOUTS,
+    UNAVAILABLE,
+    CANCELLED,
+    CONNECTIONS_OPENED,
+    CONNECTIONS_CLOSED,
+    CONNECTIONS_LOST,
+    CONNECT_ERRORS,
+    RESETS,
+    FULL_RESETS,
+    RETURNS_BAD,
+    HEALTH_CHECKS,
+    HEALTH_CHECKS_FAILED,
+    LEAKS,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A snapshot of one pool. ``url`` is redacted; nothing here holds a secret."""
+
+    name: str
+    """The pool's label (its redacted URL unless configured)."""
+    url: str
+    dialect: str
+    size: int
+    """Open connections: idle + in use."""
+    idle: int
+    in_use: int
+    waiting: int
+    min_size: int
+    max_size: int
+    connecting: int = 0
+    degraded: bool = False
+    requested_url: str | None = None
+    """When degraded: the (redacted) URL that was wanted."""
+    tier: str | None = None
+    consumers: Mapping[str, int] = field(default_factory=dict)
+    """Leases in use per consumer."""
+    waiting_by_consumer: Mapping[str, int] = field(default_factory=dict)
+    consumer_limits: Mapping[str, int] = field(default_factory=dict)
+    counters: Mapping[str, int] = field(default_factory=dict)
+    last_error: str | None = None
+    """The last connection error (redacted), if the last attempt failed."""
+    closed: bool = False
+
+
+class PoolObserver(Protocol):
+    """Receives the per-lease timings that counters cannot carry.
+
+    Called on the lease hot path: implementations must not block or await.
+    """
+
+    def lease_acquired(self, pool: str, consumer: str, wait: float) -> None:
+        """A lease was granted after ``wait`` seconds."""
+
+    def lease_released(self, pool: str, consumer: str, used: float) -> None:
+        """A lease ended after being held ``used`` seconds."""
+
+    def acquire_failed(self, pool: str, consumer: str, reason: str) -> None:
+        """An acquire failed: ``reason`` is ``timeout`` or ``unavailable``."""
+
+    def connection_opened(self, pool: str, seconds: float) -> None:
+        """A connection was opened in ``seconds``."""
+
+    def connection_closed(self, pool: str, lost: bool) -> None:
+        """A connection left the pool; ``lost`` when it was found dead."""
+
+    def connect_failed(self, pool: str) -> None:
+        """A connection attempt failed."""
+
+    def leak_detected(self, pool: str, consumer: str) -> None:
+        """A lease outlived ``leak_threshold``."""

@@ -1,0 +1,306 @@
+"""Database URLs: parse, normalize, key and redact. The only place that does.
+
+Every spelling of one database (``postgres://u@h/db``, ``postgresql://u@h:5432/db``,
+``postgresql+asyncpg://u@h/db``) normalizes to one string, which is the key of its pool.
+A password never leaves this module in clear except through
+:meth:`DatabaseURL.connect_dsn`, which only the asyncpg driver calls.
+
+Parsing uses :func:`urllib.parse.urlsplit` rather than SQLAlchemy's ``make_url``:
+importing SQLAlchemy costs about half a second, which every process that only wants a
+raw asyncpg lease would pay before its first query.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import parse_qsl, quote, unquote, urlencode
+
+from connman.errors import ConfigError
+
+__all__ = [
+    "ACCEPTED_SCHEMES",
+    "DatabaseURL",
+    "Dialect",
+    "parse_url",
+    "redact_text",
+]
+
+Dialect = Literal["postgresql", "sqlite"]
+
+# Every scheme kgents code has used for these databases. The driver part is dropped:
+# connman always talks to Postgres through asyncpg and to SQLite through aiosqlite.
+_POSTGRES_SCHEMES = frozenset(
+    {
+        "postgres",
+        "postgresql",
+        "postgresql+asyncpg",
+        "postgresql+psycopg",
+        "postgresql+psycopg2",
+        "postgresql+psycopg_async",
+        "postgresql+pg8000",
+    }
+)
+_SQLITE_SCHEMES = frozenset({"sqlite", "sqlite+aiosqlite", "sqlite+pysqlite"})
+ACCEPTED_SCHEMES = (
+    "postgresql+asyncpg://, postgresql://, postgres://, postgresql+psycopg:// "
+    "(user:password@host:port/database) or sqlite+aiosqlite:///path/to/file.db, "
+    "sqlite:///~/file.db, sqlite:///:memory:"
+)
+
+_DEFAULT_PORT = 5432
+_MASK = "***"
+# Query parameters whose value is a secret, whatever the URL's scheme.
+_SECRET_PARAMS = frozenset({"password", "sslpassword", "passfile_password"})
+
+# Passwords seen in parsed URLs. redact_text() removes them from arbitrary text such
+# as driver exception messages; short ones are left to the URL pattern below, since
+# masking a two-letter password everywhere would mangle ordinary words.
+_known_secrets: set[str] = set()
+_MIN_SECRET_LEN = 4
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)")
+_PARAM_PASSWORD = re.compile(r"(?P<head>\b(?:password|sslpassword)=)(?P<pw>[^&\s'\"]+)", re.I)
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseURL:
+    """A parsed, normalized database URL.
+
+    Equality and hashing use the normalized form (password included), so two spellings
+    of the same database compare equal. ``str()`` and ``repr()`` are redacted.
+    """
+
+    dialect: Dialect
+    host: str | None = None
+    """Postgres host (lowercase), a comma-separated host list, or a unix socket
+    directory; ``None`` lets asyncpg apply libpq's defaults (PGHOST, then sockets)."""
+    port: int | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    database: str | None = None
+    """Postgres database name, or the absolute SQLite file path (``:memory:``)."""
+    query: tuple[tuple[str, str], ...] = ()
+
+    # -- derived views -------------------------------------------------------------
+
+    @property
+    def is_memory(self) -> bool:
+        """True for an in-memory SQLite database."""
+        return self.dialect == "sqlite" and self.database == ":memory:"
+
+    @property
+    def is_local(self) -> bool:
+        """True for SQLite, and for Postgres on loopback or a unix socket."""
+        if self.dialect == "sqlite":
+            return True
+        if self.host is None:
+            return True  # libpq's default: a unix socket, else localhost
+        return all(_is_local_host(h) for h in self.host.split(",") if h)
+
+    @property
+    def key(self) -> str:
+        """The normalized URL with its password: the identity of a pool. Never log it."""
+        return self._render(hide_password=False)
+
+    def redacted(self) -> str:
+        """The normalized URL with the password replaced by ``***``."""
+        return self._render(hide_password=True)
+
+    def connect_dsn(self) -> str:
+        """A libpq-style DSN (``postgresql://``) for asyncpg, password included."""
+        if self.dialect != "postgresql":
+            raise ConfigError(f"{self.redacted()} is not a PostgreSQL URL")
+        return "postgresql" + self._render(hide_password=False)[len("postgresql+asyncpg") :]
+
+    def __str__(self) -> str:
+        return self.redacted()
+
+    def __repr__(self) -> str:
+        return f"DatabaseURL({self.redacted()!r})"
+
+    def _render(self, *, hide_password: bool) -> str:
+        query = [
+            (k, _MASK if hide_password and k.lower() in _SECRET_PARAMS else v)
+            for k, v in self.query
+        ]
+        qs = ("?" + urlencode(query, safe="/:,")) if query else ""
+        if self.dialect == "sqlite":
+            return f"sqlite+aiosqlite:///{self.database}{qs}"
+        auth = ""
+        if self.user is not None:
+            auth = quote(self.user, safe="")
+            if self.password is not None:
+                auth += ":" + (_MASK if hide_password else quote(self.password, safe=""))
+            auth += "@"
+        host = ""
+        if self.host is not None and not self.host.startswith("/"):
+            host = f"[{self.host}]" if ":" in self.host and "," not in self.host else self.host
+            if self.port is not None:
+                host += f":{self.port}"
+        db = quote(self.database, safe="") if self.database else ""
+        return f"postgresql+asyncpg://{auth}{host}/{db}{qs}"
+
+
+def parse_url(raw: str, *, source: str = "url") -> DatabaseURL:
+    """Parse and normalize a database URL.
+
+    ``source`` names where the URL came from (an environment variable, say) so that the
+    error for a bad URL tells the user what to fix. Postgres URLs get the default port;
+    SQLite paths get ``~`` expanded and become absolute.
+
+    Raises:
+        ConfigError: unsupported scheme or malformed URL; the message shows the URL
+            with its password redacted and lists what is accepted.
+    """
+    text = raw.strip()
+    scheme, sep, rest = text.partition("://")
+    scheme = scheme.lower()
+    if not sep or not scheme:
+        raise _bad(source, text, "it is not a URL (expected scheme://...)")
+    if scheme in _POSTGRES_SCHEMES:
+        url = _parse_postgres(rest, source, text)
+    elif scheme in _SQLITE_SCHEMES:
+        url = _parse_sqlite(rest, source, text)
+    else:
+        raise _bad(source, text, f"the scheme {scheme!r} is not supported")
+    if url.password and len(url.password) >= _MIN_SECRET_LEN:
+        _known_secrets.add(url.password)
+    return url
+
+
+def redact_text(text: str) -> str:
+    """Remove passwords from free text: URL userinfo, ``password=`` pairs, and every
+    password connman has parsed. Used for exception messages and log events."""
+    if not text:
+        return text
+    text = _URL_PASSWORD.sub(lambda m: m["head"] + _MASK + m["tail"], text)
+    text = _PARAM_PASSWORD.sub(lambda m: m["head"] + _MASK, text)
+    for secret in _known_secrets:
+        if secret in text:
+            text = text.replace(secret, _MASK)
+    return text
+
+
+# -- private -----------------------------------------------------------------------
+
+
+def _parse_postgres(rest: str, source: str, original: str) -> DatabaseURL:
+    netloc, _, tail = rest.partition("/")
+    path, _, qs = tail.partition("?")
+    if "?" in netloc:  # postgresql://host?sslmode=... with no path
+        netloc, _, qs = netloc.partition("?")
+    if "#" in qs or "#" in path:
+        raise _bad(source, original, "it contains a fragment (#...)")
+    try:
+        params = parse_qsl(qs, keep_blank_values=True, strict_parsing=bool(qs))
+    except ValueError:
+        raise _bad(source, original, "its query string is malformed") from None
+
+    userinfo, at, hostport = netloc.rpartition("@")
+    user = password = None
+    if at:
+        u, colon, p = userinfo.partition(":")
+        user = unquote(u) or None
+        password = unquote(p) if colon else None
+
+    host, port = _parse_hostport(hostport, source, original)
+    query: list[tuple[str, str]] = []
+    for k, v in params:
+        lk = k.lower()
+        # libpq spellings in the query win only where the netloc said nothing.
+        if lk == "host" and host is None:
+            host = v if v.startswith("/") else v.lower()
+        elif lk == "port" and port is None:
+            port = _port(v, source, original)
+        elif lk == "user" and user is None:
+            user = v
+        elif lk == "password" and password is None:
+            password = v
+        elif lk == "dbname" and not path:
+            path = v
+        else:
+            query.append((k, v))
+    if port is None and (host is None or "," not in host):
+        port = _DEFAULT_PORT
+    database = unquote(path) or None
+    if database and "/" in database:
+        raise _bad(source, original, "the database name contains '/'")
+    return DatabaseURL(
+        dialect="postgresql",
+        host=host,
+        port=port,
+        user=user,
+        password=password,
+        database=database,
+        query=tuple(sorted(query)),
+    )
+
+
+def _parse_hostport(hostport: str, source: str, original: str) -> tuple[str | None, int | None]:
+    hostport = unquote(hostport)
+    if not hostport:
+        return None, None
+    if "," in hostport:  # multi-host (HA); asyncpg accepts h1:p1,h2:p2
+        return hostport.lower(), None
+    if hostport.startswith("/"):
+        return hostport, None
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        if end < 0:
+            raise _bad(source, original, "an IPv6 host is missing its closing ']'")
+        host, after = hostport[1:end], hostport[end + 1 :]
+        if after and not after.startswith(":"):
+            raise _bad(source, original, "unexpected text after the IPv6 host")
+        return host.lower(), _port(after[1:], source, original) if after else None
+    host, colon, port_s = hostport.rpartition(":")
+    if not colon:
+        return hostport.lower(), None
+    if not host:
+        raise _bad(source, original, "the host is empty")
+    return host.lower(), _port(port_s, source, original)
+
+
+def _port(text: str, source: str, original: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise _bad(source, original, f"the port {text!r} is not a number between 1 and 65535")
+    return int(text)
+
+
+def _parse_sqlite(rest: str, source: str, original: str) -> DatabaseURL:
+    path, _, qs = rest.partition("?")
+    try:
+        query = tuple(sorted(parse_qsl(qs, keep_blank_values=True, strict_parsing=bool(qs))))
+    except ValueError:
+        raise _bad(source, original, "its query string is malformed") from None
+    if path and not path.startswith("/"):
+        # sqlite://host/path: SQLite has no host; a common typo for sqlite:///path.
+        raise _bad(source, original, "SQLite URLs have no host: use three slashes, sqlite:///path")
+    path = unquote(path[1:])
+    if path in ("", ":memory:"):
+        return DatabaseURL(dialect="sqlite", database=":memory:", query=query)
+    if path.startswith("file:"):
+        raise _bad(source, original, "use a plain path, not a file: URI, after sqlite:///")
+    # The protocol's own example uses ~; expand it, then make the path absolute so that
+    # relative and absolute spellings of one file share one pool.
+    full = os.path.abspath(os.path.expanduser(path))
+    return DatabaseURL(dialect="sqlite", database=full, query=query)
+
+
+def _is_local_host(host: str) -> bool:
+    if host.startswith("/"):
+        return True  # a unix socket directory
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _bad(source: str, text: str, why: str) -> ConfigError:
+    shown = redact_text(text)
+    return ConfigError(f"{source}={shown!r} is not usable: {why}. Accepted: {ACCEPTED_SCHEMES}")

@@ -219,7 +219,11 @@ class Pool:
                 pooled = idle.pop()
                 self._assign(pooled, consumer)
                 now = _monotonic()
-                if now - pooled.last_used < self._check_after and now < pooled.expires:
+                if (
+                    now - pooled.last_used < self._check_after
+                    and now < pooled.expires
+                    and not pooled.conn.is_closed()
+                ):
                     pooled.leased_at = now
                     self._counters[S.ACQUIRED] += 1
                     if self._observer is not None:

@@ -21,8 +21,6 @@ from connman.urls import redact_text
 __all__ = ["configure", "get_logger", "redact_secrets"]
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
-_private_level = _LEVELS["warning"]
-_private_stream: TextIO | None = None
 
 
 def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -39,43 +37,68 @@ def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
 
 
 def configure(
-    *, level: str = "info", json: bool | None = None, stream: TextIO | None = None
+    *, level: str = "warning", json: bool | None = None, stream: TextIO | None = None
 ) -> None:
-    """Set up connman's own log output, for applications that have not configured
-    structlog (the CLI calls this). ``json=None`` picks JSON unless ``stream`` is a TTY.
+    """Set connman's own log output, for applications that have not configured
+    structlog (the CLI calls this). ``json=None`` picks JSON unless the stream is a
+    TTY; ``stream=None`` is stderr. Takes effect for loggers already handed out.
     Does nothing to an application that configured structlog itself."""
-    global _private_level, _private_stream, _json
     if level.lower() not in _LEVELS:
         raise ValueError(f"level={level!r}: expected one of {', '.join(_LEVELS)}")
-    _private_level = _LEVELS[level.lower()]
-    _private_stream = stream
-    _json = json
+    _settings.update(level=_LEVELS[level.lower()], json=json, stream=stream)
 
 
-_json: bool | None = None
+_settings: dict[str, Any] = {"level": _LEVELS["warning"], "json": None, "stream": None}
+
+
+class _CurrentStream:
+    """Writes to the stream configured now, not the one current at logger creation."""
+
+    def write(self, text: str) -> int:
+        return int(_current_stream().write(text))
+
+    def flush(self) -> None:
+        _current_stream().flush()
+
+
+def _current_stream() -> TextIO:
+    stream: TextIO | None = _settings["stream"]
+    return stream if stream is not None else sys.stderr
+
+
+def _filter_level(_: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    if _LEVELS.get(method, 30) < _settings["level"]:
+        raise structlog.DropEvent
+    return event
+
+
+def _render(logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
+    use_json = _settings["json"]
+    if use_json is None:
+        use_json = not _isatty(_current_stream())
+    if use_json:
+        return str(_JSON(logger, method, event))
+    return str(_CONSOLE(logger, method, event))
+
+
+_JSON = structlog.processors.JSONRenderer()
+_CONSOLE = structlog.dev.ConsoleRenderer(colors=False)
 
 
 def get_logger(name: str = "connman", **context: Any) -> Any:
     """A structlog logger for connman's events, with ``context`` bound."""
     if structlog.is_configured():
         return structlog.get_logger(name, **context)
-    stream = _private_stream or sys.stderr
-    use_json = _json if _json is not None else not _isatty(stream)
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if use_json
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
     return structlog.wrap_logger(
-        structlog.PrintLogger(stream),
-        wrapper_class=structlog.make_filtering_bound_logger(_private_level),
+        structlog.PrintLogger(_CurrentStream()),  # type: ignore[arg-type]
         processors=[
+            _filter_level,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             redact_secrets,
-            renderer,
+            _render,
         ],
     ).bind(logger=name, **context)
 

@@ -31,12 +31,13 @@ import random
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
 from connman import stats as S
-from connman.drivers import BROKEN, CLEAN, Driver, DriverConnection
+from connman.drivers import BROKEN, CLEAN, NEEDS_FULL_RESET, Driver, DriverConnection
 from connman.errors import AcquireTimeout, ConnmanError, PoolClosed, PoolUnavailable
 from connman.logging import get_logger
 from connman.urls import redact_text
@@ -171,7 +172,7 @@ class Pool:
             await self._closed.wait()
             return
         self._closing = True
-        self._fail_waiters(PoolClosed(f"pool {self.name} is closed"))
+        self._fail_waiters(lambda _: PoolClosed(f"pool {self.name} is closed"))
         if self._backoff_handle is not None:
             self._backoff_handle.cancel()
         if self._maintenance is not None:
@@ -377,6 +378,7 @@ class Pool:
             self._slot_freed()
             self._drop(pooled, lost=False)
             return
+        full = full or verdict == NEEDS_FULL_RESET
         if verdict != CLEAN or full:
             self._counters[S.RESETS] += 1
             if full:
@@ -464,12 +466,13 @@ class Pool:
                 return waiter
         return None
 
-    def _fail_waiters(self, exc: ConnmanError) -> None:
+    def _fail_waiters(self, error: Callable[[str], ConnmanError]) -> None:
+        """Fail every queued waiter with ``error(consumer)`` (one exception each)."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.future.done():
                 self._n_waiting -= 1
-                waiter.future.set_exception(exc)
+                waiter.future.set_exception(error(waiter.consumer))
 
     def _acquire_error(self, consumer: str, waited: float) -> ConnmanError:
         size = len(self._idle) + self._in_use
@@ -484,12 +487,9 @@ class Pool:
         if limit is not None:
             text += f", limit of {consumer!r} {limit}"
         if self._failing and size == 0:
-            self._counters[S.UNAVAILABLE] += 1
-            if self._observer is not None:
-                self._observer.acquire_failed(self.name, consumer, "unavailable")
-            return PoolUnavailable(
-                f"{text}; the database is unreachable, last connect error: {self._last_error}. "
-                "The pool keeps reconnecting in the background."
+            return self._unavailable(
+                f"{text}; the database is unreachable, last connect error: {self._last_error}",
+                consumer,
             )
         if self._last_error is not None:
             text += f"; last connect error: {self._last_error}"
@@ -500,6 +500,14 @@ class Pool:
             f"{text}. Raise max_size or acquire_timeout (KGENTS_POOL_MAX_SIZE, "
             "KGENTS_POOL_ACQUIRE_TIMEOUT), or set leak_threshold to find who holds them."
         )
+
+    def _unavailable(self, text: str, consumer: str) -> PoolUnavailable:
+        if not text.startswith("no connection"):
+            text = f"pool {self.name}, consumer {consumer!r}: {text}"
+        self._counters[S.UNAVAILABLE] += 1
+        if self._observer is not None:
+            self._observer.acquire_failed(self.name, consumer, "unavailable")
+        return PoolUnavailable(f"{text}. The pool keeps reconnecting in the background.")
 
     # ================================================================= growth
 
@@ -519,11 +527,19 @@ class Pool:
             pooled = await self._open_connection()
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
+            self._connecting -= 1
+            if self._driver.is_permanent(exc) and not self._conns:
+                # Retrying will not fix a wrong password or a missing database: say
+                # so now rather than at every waiter's deadline.
+                reason = f"connecting fails: {self._last_error}"
+                self._fail_waiters(lambda consumer: self._unavailable(reason, consumer))
             self._enter_backoff()
             return
-        finally:
+        except BaseException:
             self._connecting -= 1
+            raise
+        self._connecting -= 1
         if self._closing:
             self._drop(pooled, lost=False, terminate=True)
             return

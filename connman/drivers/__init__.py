@@ -14,7 +14,15 @@ if TYPE_CHECKING:
     from connman.config import PoolConfig
     from connman.urls import DatabaseURL, Dialect
 
-__all__ = ["BROKEN", "CLEAN", "DIRTY", "Driver", "DriverConnection", "driver_for"]
+__all__ = [
+    "BROKEN",
+    "CLEAN",
+    "DIRTY",
+    "NEEDS_FULL_RESET",
+    "Driver",
+    "DriverConnection",
+    "driver_for",
+]
 
 # Verdicts on a returned connection (ints: compared on every release).
 CLEAN: Final = 0
@@ -23,6 +31,8 @@ DIRTY: Final = 1
 """Needs :meth:`DriverConnection.reset` before anyone else may use it."""
 BROKEN: Final = 2
 """Lost or unusable: close it."""
+NEEDS_FULL_RESET: Final = 3
+"""Needs a full reset (e.g. LISTEN was used: the server keeps it)."""
 
 
 class DriverConnection(Protocol):
@@ -36,7 +46,7 @@ class DriverConnection(Protocol):
         """True once the connection is known to be gone (no I/O)."""
 
     def verdict(self, failed: bool) -> int:
-        """CLEAN, DIRTY or BROKEN, decided without I/O.
+        """CLEAN, DIRTY, NEEDS_FULL_RESET or BROKEN, decided without I/O.
 
         ``failed`` is True when the lease ended with an exception (a cancellation
         included), so a driver can assume an operation may still be in flight.
@@ -70,6 +80,10 @@ class Driver(Protocol):
 
     async def stop(self) -> None:
         """Release what :meth:`start` took. Called once, after every connection closed."""
+
+    def is_permanent(self, exc: BaseException) -> bool:
+        """True when a connect error will not go away by retrying (wrong password,
+        no such database): waiters are failed at once instead of at their deadline."""
 
 
 def driver_for(url: DatabaseURL, config: PoolConfig) -> Driver:

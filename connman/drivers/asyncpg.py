@@ -13,7 +13,9 @@ every release. We decide from state the client already has:
   the LISTEN.
 
 What the server does not report (search_path before PG 18, advisory locks, temp tables,
-prepared transactions, cursors WITH HOLD) needs ``Lease.request_full_reset()``.
+cursors WITH HOLD, sequence caches) needs ``Lease.request_full_reset()``, which runs
+:data:`FULL_RESET`. Never cleaned: prepared statements (asyncpg's cache owns them) and
+type codecs set with ``set_type_codec`` (client-side, per connection).
 """
 
 from __future__ import annotations
@@ -24,10 +26,22 @@ from typing import Any
 import asyncpg
 
 from connman.config import PoolConfig
-from connman.drivers import BROKEN, CLEAN, DIRTY
+from connman.drivers import BROKEN, CLEAN, DIRTY, NEEDS_FULL_RESET
 from connman.urls import DatabaseURL, Dialect
 
-__all__ = ["AsyncpgConnection", "AsyncpgDriver"]
+__all__ = ["FULL_RESET", "AsyncpgConnection", "AsyncpgDriver"]
+
+# Everything DISCARD ALL does except DEALLOCATE ALL / DISCARD PLANS, which would drop
+# the statements asyncpg has cached client-side ("prepared statement does not exist").
+FULL_RESET = """
+CLOSE ALL;
+UNLISTEN *;
+SELECT pg_advisory_unlock_all();
+RESET ALL;
+SET SESSION AUTHORIZATION DEFAULT;
+DISCARD TEMP;
+DISCARD SEQUENCES;
+"""
 
 # Reported parameters that only the server changes (a standby promoted, a server
 # upgrade): a difference in these is not the lease's doing and RESET cannot undo it.
@@ -58,11 +72,12 @@ class AsyncpgConnection:
         raw = self.raw
         if raw.is_closed():
             return BROKEN
+        if raw._listeners:  # the server keeps the LISTEN: UNLISTEN * needed
+            return NEEDS_FULL_RESET
         if (
             raw._protocol._is_cancelling()
             or raw.is_in_transaction()
             or raw._top_xact is not None
-            or raw._listeners
             or raw._log_listeners
             or raw._termination_listeners
             or raw._query_loggers
@@ -86,7 +101,6 @@ class AsyncpgConnection:
             await protocol._wait_for_cancellation()
         if raw.is_closed():
             return False
-        full = full or bool(raw._listeners)
         # Client-side callbacks belong to the lease that registered them.
         raw._listeners.clear()
         raw._log_listeners.clear()
@@ -96,7 +110,7 @@ class AsyncpgConnection:
             raw._top_xact = None
             await raw.execute("ROLLBACK")
         if full:
-            await raw.execute(raw.get_reset_query())
+            await raw.execute(FULL_RESET)
         elif not self._parameters_unchanged():
             await raw.execute("RESET ALL")
         return self._accept_parameters()
@@ -153,6 +167,13 @@ class AsyncpgDriver:
 
     async def stop(self) -> None:
         return None
+
+    def is_permanent(self, exc: BaseException) -> bool:
+        # Wrong password/user, missing database: retrying will not help (the pool
+        # still retries in the background, in case someone fixes it).
+        return isinstance(
+            exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidCatalogNameError
+        )
 
 
 def _parameter_dict(raw: Any) -> dict[str, str] | None:

@@ -1,0 +1,164 @@
+"""The ``connman`` command: ``status`` (and more subcommands as they land).
+
+Exit codes: 0 success, 1 the database does not answer (or a check failed), 2 usage or
+configuration error. Output never contains a password.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from connman.config import PoolConfig
+from connman.errors import ConfigError, ConnmanError
+from connman.manager import ConnectionManager
+from connman.resolve import Storage, resolve_storage
+from connman.urls import redact_text
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``connman`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        result: int = args.run(args)
+    except ConfigError as exc:
+        print(f"connman: configuration error: {redact_text(str(exc))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="connman", description="kgents' connection manager: storage status and tools."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    status = sub.add_parser("status", help="resolved storage, whether it answers, pool settings")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--timeout", type=float, default=None, help="seconds to wait for the database"
+    )
+    status.set_defaults(run=_status)
+    return parser
+
+
+# -- status ------------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace) -> int:
+    storage = resolve_storage()
+    overrides = {} if args.timeout is None else {"connect_timeout": args.timeout}
+    config = PoolConfig.from_env(**overrides)
+    report = asyncio.run(_probe(storage, config))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_status(report)
+    return 0 if report["answers"] else 1
+
+
+async def _probe(storage: Storage, config: PoolConfig) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "tier": storage.tier.value,
+        "dialect": storage.dialect,
+        "source": storage.source,
+        "url": storage.redacted_url,
+        "warnings": list(storage.warnings),
+        "strict": storage.strict,
+        "answers": False,
+        "latency_ms": None,
+        "error": None,
+        "degraded": False,
+        "effective_url": None,
+        "server_version": None,
+        "pool": _config_report(config),
+    }
+    manager = ConnectionManager(storage, config=config)
+    try:
+        started = time.perf_counter()
+        await manager.start()
+        async with manager.lease("status") as lease:
+            # Connect time is in the pool's own metrics; this is one round trip.
+            t0 = time.perf_counter()
+            version = await _select_version(lease.dialect, lease.connection)
+            report["latency_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        report["connect_ms"] = round((t0 - started) * 1000, 3)
+        report["answers"] = True
+        report["server_version"] = version
+        pool = manager.default_pool
+        if pool is not None and pool.degraded_from is not None:
+            report["degraded"] = True
+            report["effective_url"] = pool.url.redacted()
+            report["effective_tier"] = pool.tier
+    except ConnmanError as exc:
+        report["error"] = redact_text(str(exc))
+    finally:
+        await manager.aclose()
+    return report
+
+
+async def _select_version(dialect: str, conn: Any) -> str:
+    if dialect == "postgresql":
+        return str(await conn.fetchval("SHOW server_version"))
+    cursor = await conn.execute("SELECT sqlite_version()")
+    row = await cursor.fetchone()
+    await cursor.close()
+    return f"SQLite {row[0]}"
+
+
+def _config_report(config: PoolConfig) -> dict[str, Any]:
+    return {
+        "min_size": config.min_size,
+        "max_size": config.max_size,
+        "acquire_timeout": config.acquire_timeout,
+        "connect_timeout": config.connect_timeout,
+        "max_lifetime": config.max_lifetime,
+        "max_idle": config.max_idle,
+        "leak_threshold": config.leak_threshold,
+        "consumer_limits": dict(config.consumer_limits),
+    }
+
+
+def _print_status(r: dict[str, Any]) -> None:
+    rows = [
+        ("storage", f"{r['tier']} ({r['dialect']}) from {r['source']}"),
+        ("url", r["url"]),
+    ]
+    if r["answers"]:
+        rows.append(("answers", f"yes: {r['server_version']}, SELECT in {r['latency_ms']} ms"))
+    else:
+        rows.append(("answers", f"NO: {r['error']}"))
+    if r["degraded"]:
+        rows.append(("degraded", f"to {r['effective_tier']}: {r['effective_url']}"))
+    p = r["pool"]
+    limits = ", ".join(f"{k}={v}" for k, v in p["consumer_limits"].items()) or "none"
+    leak = "off" if p["leak_threshold"] is None else f"{p['leak_threshold']}s"
+    rows.append(
+        (
+            "pool",
+            f"min {p['min_size']}, max {p['max_size']}, acquire timeout {p['acquire_timeout']}s, "
+            f"max lifetime {p['max_lifetime']}s, max idle {p['max_idle']}s, leak threshold {leak}",
+        )
+    )
+    rows.append(("limits", limits))
+    for warning in r["warnings"]:
+        rows.append(("warning", warning))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The portable tier: SQLite through the same pool, under concurrent writers."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+
+import anyio
+import pytest
+
+from connman import ConnectionManager, PoolConfig
+
+
+def manager_for(url: str, **config: object) -> ConnectionManager:
+    return ConnectionManager(url, config=PoolConfig(**config), degrade=False)  # type: ignore[arg-type]
+
+
+async def test_every_connection_has_the_documented_pragmas(sqlite_url: str) -> None:
+    async with manager_for(sqlite_url, min_size=3) as manager:
+        for _ in range(3):
+            async with manager.lease("t") as lease:
+                conn = lease.connection
+                values = []
+                for pragma in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout"):
+                    cursor = await conn.execute(f"PRAGMA {pragma}")
+                    values.append((await cursor.fetchone())[0])
+                assert values == ["wal", 1, 1, 30000]
+                assert lease.dialect == "sqlite"
+
+
+async def test_32_writers_across_3_consumers_never_see_database_is_locked(
+    sqlite_url: str,
+) -> None:
+    errors: list[BaseException] = []
+    rows_each = 25
+    async with manager_for(sqlite_url, max_size=10) as manager:
+        async with manager.lease("setup") as lease:
+            await lease.connection.execute(
+                "CREATE TABLE w (writer INTEGER, n INTEGER, PRIMARY KEY (writer, n))"
+            )
+            await lease.connection.commit()
+
+        async def writer(i: int) -> None:
+            consumer = ("sqlalchemy", "dgent", "brain")[i % 3]
+            for n in range(rows_each):
+                try:
+                    async with manager.lease(consumer) as lease:
+                        conn = lease.connection
+                        # Read, then write in one transaction: the pattern that fails
+                        # with a deferred BEGIN.
+                        cursor = await conn.execute("SELECT count(*) FROM w WHERE writer = ?", (i,))
+                        assert (await cursor.fetchone())[0] == n
+                        await conn.execute("INSERT INTO w VALUES (?, ?)", (i, n))
+                        await conn.execute("UPDATE w SET n = n WHERE writer = ?", (i,))
+                        await conn.commit()
+                except Exception as exc:
+                    errors.append(exc)
+
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                for i in range(32):
+                    tg.start_soon(writer, i)
+        async with manager.lease("check") as lease:
+            cursor = await lease.connection.execute("SELECT count(*) FROM w")
+            total = (await cursor.fetchone())[0]
+        [stats] = manager.stats()
+    assert errors == []
+    assert total == 32 * rows_each
+    assert stats.size <= 10
+
+
+async def test_explicit_begin_immediate_transactions_serialise(sqlite_url: str) -> None:
+    async with manager_for(sqlite_url, max_size=8) as manager:
+        async with manager.lease("setup") as lease:
+            await lease.connection.execute("CREATE TABLE c (v INTEGER)")
+            await lease.connection.execute("INSERT INTO c VALUES (0)")
+            await lease.connection.commit()
+
+        async def increment() -> None:
+            async with manager.lease("dgent") as lease:
+                conn = lease.connection
+                await conn.execute("BEGIN IMMEDIATE")
+                cursor = await conn.execute("SELECT v FROM c")
+                value = (await cursor.fetchone())[0]
+                await conn.execute("UPDATE c SET v = ?", (value + 1,))
+                await conn.commit()
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(40):
+                tg.start_soon(increment)
+        async with manager.lease("check") as lease:
+            cursor = await lease.connection.execute("SELECT v FROM c")
+            assert (await cursor.fetchone())[0] == 40
+
+
+async def test_uncommitted_work_is_rolled_back_on_release(sqlite_url: str) -> None:
+    async with manager_for(sqlite_url, max_size=1) as manager:
+        async with manager.lease("a") as lease:
+            await lease.connection.execute("CREATE TABLE t (x)")
+            await lease.connection.commit()
+            await lease.connection.execute("INSERT INTO t VALUES (1)")  # never committed
+        async with manager.lease("b") as lease:
+            assert not lease.connection.in_transaction
+            cursor = await lease.connection.execute("SELECT count(*) FROM t")
+            assert (await cursor.fetchone())[0] == 0
+        # The write lock went with the rollback: another process can write.
+        path = sqlite_url.split(":///", 1)[1]
+        other = sqlite3.connect(path, timeout=0.1)
+        other.execute("INSERT INTO t VALUES (2)")
+        other.commit()
+        other.close()
+
+
+async def test_memory_database_is_one_database_for_every_lease() -> None:
+    async with manager_for("sqlite:///:memory:", max_size=4) as manager:
+        a = await manager.acquire("a")
+        b = await manager.acquire("b")
+        await a.connection.execute("CREATE TABLE shared (x)")
+        await a.connection.execute("INSERT INTO shared VALUES (42)")
+        await a.connection.commit()
+        cursor = await b.connection.execute("SELECT x FROM shared")
+        assert await cursor.fetchall() == [(42,)]
+        await a.release()
+        await b.release()
+    # A second manager's :memory: is a different, empty database.
+    async with manager_for("sqlite://") as other, other.lease("c") as lease:
+        cursor = await lease.connection.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'shared'"
+        )
+        assert (await cursor.fetchone())[0] == 0
+
+
+async def test_database_directory_is_created_private(tmp_path: object) -> None:
+    target = os.path.join(str(tmp_path), "deep", "er", "membrane.db")
+    async with manager_for(f"sqlite:///{target}") as manager, manager.lease("t") as lease:
+        await lease.connection.execute("CREATE TABLE t (x)")
+    for directory in (os.path.dirname(target), os.path.dirname(os.path.dirname(target))):
+        assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+    assert os.path.exists(target)
+
+
+async def test_unopenable_file_fails_fast_with_the_reason(tmp_path: object) -> None:
+    from connman import PoolUnavailable
+
+    blocker = os.path.join(str(tmp_path), "file")
+    with open(blocker, "w") as f:
+        f.write("not a directory")
+    with pytest.raises(PoolUnavailable, match="unable to open database file"):
+        with anyio.fail_after(5):
+            await manager_for(f"sqlite:///{blocker}/membrane.db").start()

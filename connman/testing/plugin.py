@@ -125,6 +125,27 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgres: the test needs a real PostgreSQL")
 
 
+_POSTGRES_FIXTURES = frozenset(
+    {"postgres_server", "postgres_url", "postgres_database", "postgres_cluster", "connman_manager"}
+)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Under CONNMAN_REQUIRE_POSTGRES=1, a skipped PostgreSQL test is a failure,
+    whatever skipped it (a fixture, a marker, the test itself)."""
+    report = yield
+    if report.skipped and require_postgres():
+        names = set(getattr(item, "fixturenames", ()))
+        if names & _POSTGRES_FIXTURES or item.get_closest_marker("postgres") is not None:
+            report.outcome = "failed"
+            report.longrepr = (
+                f"{item.nodeid} needs PostgreSQL and would have been skipped "
+                f"({report.longrepr}); CONNMAN_REQUIRE_POSTGRES=1 forbids that"
+            )
+    return report
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     server = config.stash.get(_server_key, None)
     if server is not None:

@@ -94,7 +94,10 @@ class PoolConfig:
             if name not in fields:
                 known = ", ".join(ENV_PREFIX + n.upper() for n in fields)
                 raise ConfigError(f"{key} is not a pool setting. Known: {known}")
-            values[name] = _parse_env_value(key, name, raw.strip())
+            # Blank counts as unset (compose files pass ${X:-}); an override wins
+            # without its env value being parsed at all.
+            if raw.strip() and name not in overrides:
+                values[name] = _parse_env_value(key, name, raw.strip())
         values.update(overrides)
         try:
             return cls(**values)
@@ -158,18 +161,23 @@ def _parse_env_value(key: str, name: str, raw: str) -> Any:
         limits: dict[str, int] = {}
         for part in filter(None, (p.strip() for p in raw.split(","))):
             consumer, eq, n = part.partition("=")
-            if not eq or not n.strip().isdigit():
+            try:
+                limit = int(n) if eq else None
+            except ValueError:
+                limit = None
+            if limit is None:
                 raise ConfigError(f"{key}={raw!r}: expected name=n[,name=n...], e.g. sqlalchemy=6")
-            limits[consumer.strip()] = int(n)
+            limits[consumer.strip()] = limit
         return limits
     if name == "application_name":
         return raw
     if name in ("leak_threshold", "command_timeout") and raw.lower() in ("", "none", "off"):
         return None
     if name in ("min_size", "max_size", "statement_cache_size"):
-        if not raw.lstrip("-").isdigit():
-            raise ConfigError(f"{key}={raw!r} must be an integer")
-        return int(raw)
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{key}={raw!r} must be an integer") from None
     try:
         return float(raw)
     except ValueError:

@@ -19,6 +19,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from urllib.parse import quote
 
 from connman.errors import ConfigError
 from connman.urls import DatabaseURL, parse_url
@@ -124,7 +125,7 @@ def resolve_storage(env: Mapping[str, str] | None = None) -> Storage:
     canonical = _get(env, "KGENTS_DATABASE_URL")
     legacy = _get(env, "KGENTS_POSTGRES_URL")
     if canonical is not None:
-        url = parse_url(canonical, source="KGENTS_DATABASE_URL")
+        url = parse_url(canonical, source="KGENTS_DATABASE_URL", home=_get(env, "HOME"))
         source = "KGENTS_DATABASE_URL"
         if legacy is not None:
             warnings.append(
@@ -190,13 +191,14 @@ def _portable(env: Mapping[str, str]) -> tuple[DatabaseURL, str, str | None]:
     if xdg is not None:
         if os.path.isabs(xdg):
             path = os.path.join(xdg, "kgents", "membrane.db")
-            return parse_url("sqlite:///" + path, source="XDG_DATA_HOME"), "XDG_DATA_HOME", None
+            url = parse_url("sqlite:///" + quote(path), source="XDG_DATA_HOME")
+            return url, "XDG_DATA_HOME", None
         # The XDG spec: "If an implementation encounters a relative path in any of
         # these variables it should consider the path invalid and ignore it."
         warning = f"XDG_DATA_HOME={xdg!r} is relative and ignored (the XDG spec wants absolute)"
     home = _get(env, "HOME") or os.path.expanduser("~")
     path = os.path.join(home, ".local", "share", "kgents", "membrane.db")
-    return parse_url("sqlite:///" + path, source="default"), "default", warning
+    return parse_url("sqlite:///" + quote(path), source="default"), "default", warning
 
 
 def _tier_override(env: Mapping[str, str]) -> Tier | None:
@@ -253,25 +255,41 @@ def _dgent_url(env: Mapping[str, str], url: DatabaseURL, source: str) -> str:
 
 
 def _fallbacks(env: Mapping[str, str], url: DatabaseURL, tier: Tier) -> tuple[Storage, ...]:
-    chain: list[Storage] = []
-    seen = {url.key}
+    """Where to degrade to. Only PostgreSQL storage degrades (a SQLite file does not
+    become unreachable); production goes to unified first, then to the portable file.
+    A fallback that would break KGENTS_DGENT_BACKEND (POSTGRES) is left out."""
+    if url.dialect != "postgresql":
+        return ()
+    candidates: list[tuple[DatabaseURL, Tier, str]] = []
     if tier is Tier.PRODUCTION:
         raw = _get(env, "KGENTS_UNIFIED_URL")
-        unified = parse_url(raw or DEFAULT_UNIFIED_URL, source="KGENTS_UNIFIED_URL")
-        if unified.key not in seen:
-            seen.add(unified.key)
-            chain.append(
-                Storage(
-                    url=unified.key,
-                    tier=Tier.UNIFIED,
-                    source="KGENTS_UNIFIED_URL" if raw else "unified default",
-                    dgent_url=unified.key,
-                )
+        unified = parse_url(
+            raw or DEFAULT_UNIFIED_URL, source="KGENTS_UNIFIED_URL", home=_get(env, "HOME")
+        )
+        if unified.dialect != "postgresql":
+            raise ConfigError(
+                f"KGENTS_UNIFIED_URL={unified.redacted()!r} is not a PostgreSQL URL: the "
+                "unified tier is the team's (docker compose) PostgreSQL."
             )
-    if tier is not Tier.PORTABLE:
-        portable, source, _ = _portable(env)
-        if portable.key not in seen:
-            chain.append(
-                Storage(url=portable.key, tier=Tier.PORTABLE, source=source, dgent_url=portable.key)
+        candidates.append(
+            (unified, Tier.UNIFIED, "KGENTS_UNIFIED_URL" if raw else "unified default")
+        )
+    portable, source, _ = _portable(env)
+    candidates.append((portable, Tier.PORTABLE, source))
+
+    chain: list[Storage] = []
+    seen = {url.key}
+    for candidate, candidate_tier, candidate_source in candidates:
+        if candidate.key in seen:
+            continue
+        seen.add(candidate.key)
+        try:
+            dgent_url = _dgent_url(env, candidate, candidate_source)
+        except ConfigError:
+            continue
+        chain.append(
+            Storage(
+                url=candidate.key, tier=candidate_tier, source=candidate_source, dgent_url=dgent_url
             )
+        )
     return tuple(chain)

@@ -61,8 +61,12 @@ _SECRET_PARAMS = frozenset({"password", "sslpassword", "passfile_password"})
 # masking a two-letter password everywhere would mangle ordinary words.
 _known_secrets: set[str] = set()
 _MIN_SECRET_LEN = 4
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)")
-_PARAM_PASSWORD = re.compile(r"(?P<head>\b(?:password|sslpassword)=)(?P<pw>[^&\s'\"]+)", re.I)
+# The password runs to the *last* '@' of the token, as the parser reads it (rpartition):
+# a password with a raw '@' (or '/', in a URL too broken to parse) must not half-leak.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<pw>\S*)(?P<tail>@)")
+_PARAM_PASSWORD = re.compile(
+    r"(?P<head>\b(?:password|sslpassword)\s*=\s*)(?P<pw>'[^']*'|\"[^\"]*\"|[^&\s'\"]+)", re.I
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,17 +130,28 @@ class DatabaseURL:
             (k, _MASK if hide_password and k.lower() in _SECRET_PARAMS else v)
             for k, v in self.query
         ]
-        qs = ("?" + urlencode(query, safe="/:,")) if query else ""
+        socket = self.host is not None and self.host.startswith("/")
+        if socket:
+            # A unix socket directory cannot sit in the netloc: keep it (and the port,
+            # which names the socket file) as libpq query parameters.
+            query.append(("host", self.host or ""))
+            if self.port is not None:
+                query.append(("port", str(self.port)))
+            query.sort()
+        qs = ("?" + urlencode(query, safe="/:,*")) if query else ""
         if self.dialect == "sqlite":
-            return f"sqlite+aiosqlite:///{self.database}{qs}"
+            # '%' and '?' would be read back as an escape and a query: escape them so
+            # that the key parses back to the same file.
+            path = (self.database or "").replace("%", "%25").replace("?", "%3F")
+            return f"sqlite+aiosqlite:///{path}{qs}"
         auth = ""
-        if self.user is not None:
-            auth = quote(self.user, safe="")
+        if self.user is not None or self.password is not None:
+            auth = quote(self.user, safe="") if self.user is not None else ""
             if self.password is not None:
                 auth += ":" + (_MASK if hide_password else quote(self.password, safe=""))
             auth += "@"
         host = ""
-        if self.host is not None and not self.host.startswith("/"):
+        if self.host is not None and not socket:
             host = f"[{self.host}]" if ":" in self.host and "," not in self.host else self.host
             if self.port is not None:
                 host += f":{self.port}"
@@ -144,12 +159,13 @@ class DatabaseURL:
         return f"postgresql+asyncpg://{auth}{host}/{db}{qs}"
 
 
-def parse_url(raw: str, *, source: str = "url") -> DatabaseURL:
+def parse_url(raw: str, *, source: str = "url", home: str | None = None) -> DatabaseURL:
     """Parse and normalize a database URL.
 
     ``source`` names where the URL came from (an environment variable, say) so that the
     error for a bad URL tells the user what to fix. Postgres URLs get the default port;
-    SQLite paths get ``~`` expanded and become absolute.
+    SQLite paths get ``~`` expanded (to ``home`` when given, else the process's home)
+    and become absolute.
 
     Raises:
         ConfigError: unsupported scheme or malformed URL; the message shows the URL
@@ -163,10 +179,16 @@ def parse_url(raw: str, *, source: str = "url") -> DatabaseURL:
     if scheme in _POSTGRES_SCHEMES:
         url = _parse_postgres(rest, source, text)
     elif scheme in _SQLITE_SCHEMES:
-        url = _parse_sqlite(rest, source, text)
+        url = _parse_sqlite(rest, source, text, home)
     else:
         raise _bad(source, text, f"the scheme {scheme!r} is not supported")
-    if url.password and len(url.password) >= _MIN_SECRET_LEN:
+    # A password equal to the user or database name is shown by every redacted form
+    # anyway; masking it everywhere would mangle words such as "postgres" or "kgents".
+    if (
+        url.password
+        and len(url.password) >= _MIN_SECRET_LEN
+        and url.password not in (url.user, url.database)
+    ):
         _known_secrets.add(url.password)
     return url
 
@@ -260,16 +282,18 @@ def _parse_hostport(hostport: str, source: str, original: str) -> tuple[str | No
         return hostport.lower(), None
     if not host:
         raise _bad(source, original, "the host is empty")
+    if ":" in host:
+        raise _bad(source, original, "an IPv6 host must be in brackets, e.g. [::1]:5432")
     return host.lower(), _port(port_s, source, original)
 
 
 def _port(text: str, source: str, original: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise _bad(source, original, f"the port {text!r} is not a number between 1 and 65535")
     return int(text)
 
 
-def _parse_sqlite(rest: str, source: str, original: str) -> DatabaseURL:
+def _parse_sqlite(rest: str, source: str, original: str, home: str | None) -> DatabaseURL:
     path, _, qs = rest.partition("?")
     try:
         query = tuple(sorted(parse_qsl(qs, keep_blank_values=True, strict_parsing=bool(qs))))
@@ -285,6 +309,8 @@ def _parse_sqlite(rest: str, source: str, original: str) -> DatabaseURL:
         raise _bad(source, original, "use a plain path, not a file: URI, after sqlite:///")
     # The protocol's own example uses ~; expand it, then make the path absolute so that
     # relative and absolute spellings of one file share one pool.
+    if home is not None and (path == "~" or path.startswith("~/")):
+        path = home + path[1:]
     full = os.path.abspath(os.path.expanduser(path))
     return DatabaseURL(dialect="sqlite", database=full, query=query)
 

@@ -11,7 +11,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from connman.config import PoolConfig
@@ -51,7 +51,15 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=None, help="seconds to wait for the database"
     )
     status.set_defaults(run=_status)
+    # Other subcommands live with the code they drive; each module adds its parser.
+    for register in _subcommands():
+        register(sub)
     return parser
+
+
+def _subcommands() -> list[Callable[[Any], None]]:
+    """``register(subparsers)`` functions of the modules that add subcommands."""
+    return []
 
 
 # -- status ------------------------------------------------------------------------

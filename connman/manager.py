@@ -89,6 +89,14 @@ class Lease:
         return self._raw
 
     @property
+    def connection_state(self) -> dict[object, Any]:
+        """A dict that lives as long as the physical connection, for adapters that
+        set a connection up once (SQLAlchemy's connection record, codecs...)."""
+        if self._state != 1 or self._pooled is None:
+            raise LeaseError(f"lease of {self.consumer!r} is not active")
+        return self._pooled.state
+
+    @property
     def dialect(self) -> str:
         """``postgresql`` or ``sqlite``."""
         if self._pool is None:

@@ -59,10 +59,13 @@ _BACKOFF_JITTER: Final = 0.1
 class PooledConnection:
     """A physical connection and the pool's bookkeeping about it."""
 
-    __slots__ = ("conn", "consumer", "created", "expires", "last_used", "leased_at")
+    __slots__ = ("conn", "consumer", "created", "expires", "last_used", "leased_at", "state")
 
     def __init__(self, conn: DriverConnection, now: float, lifetime: float) -> None:
         self.conn = conn
+        # Per-physical-connection state for adapters (e.g. SQLAlchemy's connection
+        # record): lives exactly as long as the connection.
+        self.state: dict[object, Any] = {}
         self.created = now
         self.expires = now + lifetime * (1.0 - _LIFETIME_JITTER * random.random())
         self.last_used = now

@@ -16,7 +16,7 @@ from typing import Any
 from connman.config import PoolConfig
 from connman.drivers import driver_for
 from connman.errors import ConfigError, ConnmanError, LeaseError, PoolClosed, PoolUnavailable
-from connman.logging import get_logger
+from connman.logging import bind_lease_context, get_logger, unbind_lease_context
 from connman.pool import Pool, PooledConnection
 from connman.resolve import Storage, resolve_storage, tier_of
 from connman.stats import PoolObserver, PoolStats
@@ -42,6 +42,7 @@ class Lease:
         "_full_reset",
         "_leak_handle",
         "_leak_reported",
+        "_log_tokens",
         "_manager",
         "_pool",
         "_pooled",
@@ -74,6 +75,7 @@ class Lease:
         self._leak_handle: asyncio.TimerHandle | None = None
         self._leak_reported = 0.0
         self._stack: str | None = None
+        self._log_tokens: Any = None  # structlog context of an `async with` lease
 
     # -- what a holder uses ----------------------------------------------------------
 
@@ -125,6 +127,10 @@ class Lease:
 
     async def __aenter__(self) -> Lease:
         await self.acquire()
+        # Events logged inside the block, connman's and the application's, carry the
+        # consumer and the pool (structlog contextvars), until the release is done.
+        assert self._pool is not None
+        self._log_tokens = bind_lease_context(self.consumer, self._pool.name)
         return self
 
     async def __aexit__(
@@ -133,7 +139,10 @@ class Lease:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.release(failed=exc_type is not None)
+        try:
+            await self.release(failed=exc_type is not None)
+        finally:
+            unbind_lease_context(self._log_tokens)
 
     async def acquire(self) -> Lease:
         """Take the connection (``async with`` does this). Single use."""
@@ -393,7 +402,17 @@ class ConnectionManager:
         return pool
 
     def _new_pool(self, url: DatabaseURL) -> Pool:
-        return Pool(url, driver_for(url, self.config), self.config, observer=self._observer)
+        # Pools of URLs that differ only in their password redact to the same text:
+        # number them so stats and metric labels stay apart.
+        name = url.redacted()
+        taken = {pool.name for pool in self._pools.values()}
+        n = 2
+        while name in taken:
+            name = f"{url.redacted()}#{n}"
+            n += 1
+        return Pool(
+            url, driver_for(url, self.config), self.config, name=name, observer=self._observer
+        )
 
     # -- what it reports -------------------------------------------------------------
 

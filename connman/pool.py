@@ -126,6 +126,7 @@ class Pool:
 
         self._last_error: str | None = None
         self._failing = False
+        self._permanent_error = False
         self._backoff = 0.0
         self._backoff_handle: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -136,6 +137,8 @@ class Pool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._opened = False
         self._closing = False
+        # Events about connections (opened, failed, closed, reconnects) say consumer=None:
+        # they belong to the pool, not to the lease whose context spawned the task.
         self._log = get_logger("connman.pool", pool=self.name)
 
     # ================================================================= lifecycle
@@ -148,7 +151,9 @@ class Pool:
         self._loop = asyncio.get_running_loop()
         self._opened = True
         await self._driver.start()
-        self._log.debug("pool_created", min_size=self._min_size, max_size=self._max_size)
+        self._log.debug(
+            "pool_created", min_size=self._min_size, max_size=self._max_size, consumer=None
+        )
         if wait:
             try:
                 with anyio.fail_after(self.config.connect_timeout):
@@ -194,7 +199,7 @@ class Pool:
                 task.cancel()
         await self._driver.stop()
         self._closed.set()
-        self._log.debug("pool_closed", counters=dict(self._counters))
+        self._log.debug("pool_closed", counters=dict(self._counters), consumer=None)
 
     @property
     def closed(self) -> bool:
@@ -226,7 +231,7 @@ class Pool:
                 if (
                     now - pooled.last_used < self._check_after
                     and now < pooled.expires
-                    and not pooled.conn.is_closed()
+                    and pooled.conn.checkout()
                 ):
                     pooled.leased_at = now
                     self._counters[S.ACQUIRED] += 1
@@ -312,7 +317,8 @@ class Pool:
             self._slot_freed()
             self._drop(pooled, lost=conn.is_closed())
             return False
-        if now - pooled.last_used < self._check_after:
+        # Recently used and nothing arrived while idle: trust it without a round trip.
+        if now - pooled.last_used < self._check_after and conn.checkout():
             return True
         self._counters[S.HEALTH_CHECKS] += 1
         try:
@@ -334,39 +340,55 @@ class Pool:
             if _monotonic() >= deadline:
                 raise self._acquire_error(consumer, _monotonic() - started) from None
             return False
+        conn.checked()
         pooled.last_used = _monotonic()
         return True
 
     # ================================================================= release
 
     def release_nowait(self, pooled: PooledConnection, *, failed: bool = False) -> bool:
-        """Return a clean connection without I/O. Returns False when the connection
-        needs :meth:`release` (a reset, a close) instead; nothing has changed then."""
+        """Return a connection without I/O: a clean one goes back to the idle list (or
+        to the oldest waiter), a broken one is dropped. Returns False when the
+        connection needs :meth:`release` (a reset, a polite close); nothing has changed
+        then."""
         now = _monotonic()
-        if self._closing or now >= pooled.expires or pooled.conn.verdict(failed) != CLEAN:
-            return False
-        self._lease_ended(pooled, now)
-        self._slot_freed()
-        pooled.last_used = now
-        self._idle.append(pooled)
-        if self._n_waiting:
-            self._dispatch()
-        return True
+        verdict = pooled.conn.verdict(failed)
+        if verdict == CLEAN and not self._closing and now < pooled.expires:
+            self._lease_ended(pooled, now)
+            self._slot_freed()
+            pooled.last_used = now
+            self._idle.append(pooled)
+            if self._n_waiting:
+                self._dispatch()
+            return True
+        if verdict == BROKEN:  # lost mid-use: nothing to say to the server
+            self._lease_ended(pooled, now)
+            self._slot_freed()
+            self._drop(pooled, lost=True)
+            return True
+        return False
 
     async def release(
         self, pooled: PooledConnection, *, failed: bool = False, full_reset: bool = False
     ) -> None:
         """Return a connection, cleaning it first if it needs it.
 
-        The cleanup runs in its own task and the caller awaits it through
-        ``asyncio.shield``: a cancellation of the caller (``Task.cancel()``,
-        ``asyncio.timeout``, a task group) does not interrupt it. anyio's shielded
-        scopes do not stop a native ``Task.cancel()``, hence the task.
+        The cleanup runs in its own task, so a cancellation of the caller
+        (``Task.cancel()``, ``asyncio.timeout``, a task group) cannot interrupt it;
+        anyio's shielded scopes do not stop a native ``Task.cancel()``, hence the task.
+        After a clean exit the caller awaits it (through ``asyncio.shield``): the
+        connection is back when ``release`` returns. After a failure (``failed``: an
+        error or a cancellation) the caller does not wait: the cleanup may have to
+        wait for the server to acknowledge a cancelled query, and a caller with a
+        deadline (``asyncio.timeout``) must not overshoot it by ``reset_timeout``. The
+        connection counts as in use until it is clean either way.
         """
         if not full_reset and self.release_nowait(pooled, failed=failed):
             return
         self._lease_ended(pooled, _monotonic())
-        await asyncio.shield(self._spawn(self._clean_and_return(pooled, failed, full_reset)))
+        cleanup = self._spawn(self._clean_and_return(pooled, failed, full_reset))
+        if not failed:
+            await asyncio.shield(cleanup)
 
     async def _clean_and_return(self, pooled: PooledConnection, failed: bool, full: bool) -> None:
         """Background half of a release: the lease has ended, the connection still
@@ -499,6 +521,15 @@ class Pool:
         self._counters[S.TIMEOUTS] += 1
         if self._observer is not None:
             self._observer.acquire_failed(self.name, consumer, "timeout")
+        self._log.info(
+            "acquire_timeout",
+            consumer=consumer,
+            waited=round(waited, 3),
+            size=size,
+            in_use=self._in_use,
+            waiting=self._n_waiting,
+            limit=limit,
+        )
         return AcquireTimeout(
             f"{text}. Raise max_size or acquire_timeout (KGENTS_POOL_MAX_SIZE, "
             "KGENTS_POOL_ACQUIRE_TIMEOUT), or set leak_threshold to find who holds them."
@@ -520,7 +551,10 @@ class Pool:
             return
         size = len(self._idle) + self._in_use
         room = self._max_size - size - self._connecting - self._closing_conns
-        want = max(self._min_size - size, self._n_waiting - len(self._idle)) - self._connecting
+        # After a permanent error (wrong password, no such database) connect only on
+        # demand: no endless background retries for min_size, no log line every 5 s.
+        floor = 0 if self._permanent_error else self._min_size - size
+        want = max(floor, self._n_waiting - len(self._idle)) - self._connecting
         for _ in range(min(room, want)):
             self._connecting += 1
             self._spawn(self._connect_in_background())
@@ -535,6 +569,7 @@ class Pool:
             if self._driver.is_permanent(exc) and not self._conns:
                 # Retrying will not fix a wrong password or a missing database: say
                 # so now rather than at every waiter's deadline.
+                self._permanent_error = True
                 reason = f"connecting fails: {self._last_error}"
                 self._fail_waiters(lambda consumer: self._unavailable(reason, consumer))
             self._enter_backoff()
@@ -560,17 +595,18 @@ class Pool:
             self._failing = True
             if self._observer is not None:
                 self._observer.connect_failed(self.name)
-            self._log.warning("connect_failed", error=self._last_error)
+            self._log.warning("connect_failed", error=self._last_error, consumer=None)
             raise
         now = _monotonic()
         self._counters[S.CONNECTIONS_OPENED] += 1
         if self._failing:
-            self._log.warning("reconnected", after_error=self._last_error)
+            self._log.warning("reconnected", after_error=self._last_error, consumer=None)
         self._failing = False
+        self._permanent_error = False
         self._backoff = 0.0
         if self._observer is not None:
             self._observer.connection_opened(self.name, now - started)
-        self._log.debug("connection_opened", seconds=round(now - started, 6))
+        self._log.debug("connection_opened", seconds=round(now - started, 6), consumer=None)
         pooled = PooledConnection(conn, now, self.config.max_lifetime)
         self._conns.add(pooled)
         return pooled
@@ -583,7 +619,7 @@ class Pool:
             max(self._backoff * 2, cfg.reconnect_initial_delay), cfg.reconnect_max_delay
         )
         delay = self._backoff * (1 + random.uniform(-_BACKOFF_JITTER, _BACKOFF_JITTER))
-        self._log.info("reconnect_scheduled", delay=round(delay, 3))
+        self._log.info("reconnect_scheduled", delay=round(delay, 3), consumer=None)
         self._backoff_handle = self._loop.call_later(delay, self._leave_backoff)
 
     def _leave_backoff(self) -> None:
@@ -623,7 +659,7 @@ class Pool:
             raise
         finally:
             self._closing_conns -= 1
-            self._log.debug("connection_closed")
+            self._log.debug("connection_closed", consumer=None)
             self._grow()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -642,7 +678,9 @@ class Pool:
         """Retire idle connections past max_idle (above min_size), past max_lifetime,
         or found dead, and top the pool up to min_size."""
         cfg = self.config
-        interval = min(max(min(cfg.max_idle, cfg.max_lifetime) / 10, 0.05), 30.0)
+        # At most a second: a quiet pool must notice connections a server restart
+        # closed (and refill) without waiting for traffic.
+        interval = min(max(min(cfg.max_idle, cfg.max_lifetime) / 10, 0.05), 1.0)
         while not self._closing:
             await asyncio.sleep(interval)
             now = _monotonic()

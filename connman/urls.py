@@ -63,9 +63,21 @@ _known_secrets: set[str] = set()
 _MIN_SECRET_LEN = 4
 # The password runs to the *last* '@' of the token, as the parser reads it (rpartition):
 # a password with a raw '@' (or '/', in a URL too broken to parse) must not half-leak.
+# scheme://user:PASSWORD@ -- up to the last '@' of the token, as the parser reads it.
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<pw>\S*)(?P<tail>@)")
-_PARAM_PASSWORD = re.compile(
-    r"(?P<head>\b(?:password|sslpassword)\s*=\s*)(?P<pw>'[^']*'|\"[^\"]*\"|[^&\s'\"]+)", re.I
+# The same with spaces in the password (a raw, unescaped one): up to the next '@' on
+# the line, not across a '/', and not where a mask is already in place.
+_URL_PASSWORD_SPACED = re.compile(
+    r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?!\*\*\*@)(?P<pw>[^@/\n]*)(?P<tail>@)"
+)
+# password=VALUE: quoted values honour backslash escapes (libpq); unquoted ones end at
+# '&' in URL query strings and at whitespace in libpq keyword strings.
+_QUOTED = r"'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?"
+_PARAM_PASSWORD_URL = re.compile(
+    r"(?P<head>\b(?:password|sslpassword)\s*=\s*)(?P<pw>" + _QUOTED + r"|[^&\s]+)", re.I
+)
+_PARAM_PASSWORD_KEYWORDS = re.compile(
+    r"(?P<head>\b(?:password|sslpassword)\s*=\s*)(?P<pw>" + _QUOTED + r"|\S+)", re.I
 )
 
 
@@ -190,6 +202,7 @@ def parse_url(raw: str, *, source: str = "url", home: str | None = None) -> Data
         and url.password not in (url.user, url.database)
     ):
         _known_secrets.add(url.password)
+        _known_secrets.add(quote(url.password, safe=""))
     return url
 
 
@@ -198,12 +211,18 @@ def redact_text(text: str) -> str:
     password connman has parsed. Used for exception messages and log events."""
     if not text:
         return text
-    text = _URL_PASSWORD.sub(lambda m: m["head"] + _MASK + m["tail"], text)
-    text = _PARAM_PASSWORD.sub(lambda m: m["head"] + _MASK, text)
-    for secret in _known_secrets:
+    # Known passwords first, longest first, before any pattern can cut one in two.
+    for secret in sorted(_known_secrets, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, _MASK)
-    return text
+    text = _URL_PASSWORD.sub(_mask, text)
+    text = _URL_PASSWORD_SPACED.sub(_mask, text)
+    params = _PARAM_PASSWORD_URL if "://" in text else _PARAM_PASSWORD_KEYWORDS
+    return params.sub(lambda m: m["head"] + _MASK, text)
+
+
+def _mask(match: re.Match[str]) -> str:
+    return match["head"] + _MASK + match["tail"]
 
 
 # -- private -----------------------------------------------------------------------

@@ -45,6 +45,13 @@ class DriverConnection(Protocol):
     def is_closed(self) -> bool:
         """True once the connection is known to be gone (no I/O)."""
 
+    def checkout(self) -> bool:
+        """Called (no I/O) when the connection leaves the idle list: False if it is
+        closed or something arrived while it sat idle (then the pool pings it first)."""
+
+    def checked(self) -> None:
+        """The pool has just pinged it successfully: whatever arrived was harmless."""
+
     def verdict(self, failed: bool) -> int:
         """CLEAN, DIRTY, NEEDS_FULL_RESET or BROKEN, decided without I/O.
 

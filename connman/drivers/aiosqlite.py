@@ -43,6 +43,12 @@ class AiosqliteConnection:
     def is_closed(self) -> bool:
         return self.raw._connection is None or not self.raw._running
 
+    def checkout(self) -> bool:
+        return not self.is_closed()
+
+    def checked(self) -> None:
+        return None
+
     def verdict(self, failed: bool) -> int:
         if self.is_closed():
             return BROKEN

@@ -20,8 +20,9 @@ type codecs set with ``set_type_codec`` (client-side, per connection).
 
 from __future__ import annotations
 
+import asyncio
 import gc
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
@@ -50,13 +51,57 @@ _SERVER_OWNED = frozenset(
 )
 
 
+class _IdleWatch(asyncio.Protocol):
+    """Sits between the transport and asyncpg's protocol and notes bytes that arrive
+    while the connection is idle in the pool.
+
+    When a backend is terminated, PostgreSQL sends FATAL and then closes the socket.
+    asyncpg reads the FATAL in one loop iteration (its idle protocol enters an error
+    state it does not expose) and sees the end of stream only in a later one; a
+    connection lent in between fails with "another operation is in progress". An
+    idle pooled connection should receive nothing, so anything that arrives marks it
+    suspect and the pool pings it before lending it. Costs one Python call per read.
+    """
+
+    __slots__ = ("idle", "inner", "suspect")
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.idle = True
+        self.suspect = False
+
+    def data_received(self, data: bytes) -> None:
+        if self.idle:
+            self.suspect = True
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        self.suspect = True
+        return cast("bool | None", self.inner.eof_received())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.suspect = True
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
 class AsyncpgConnection:
     """One asyncpg connection and what we know of its session state."""
 
-    __slots__ = ("_live", "_snapshot", "raw")
+    __slots__ = ("_live", "_snapshot", "_watch", "raw")
 
     def __init__(self, raw: asyncpg.Connection) -> None:
         self.raw = raw
+        transport = raw._transport
+        self._watch: _IdleWatch | None = None
+        if transport is not None and hasattr(transport, "set_protocol"):
+            self._watch = _IdleWatch(transport.get_protocol())
+            transport.set_protocol(self._watch)
         # asyncpg keeps the server's ParameterStatus values in a dict inside its Cython
         # ConnectionSettings, updated in place on every ParameterStatus message, but does
         # not expose it. gc.get_referents() reaches it, so the release check is one dict
@@ -67,6 +112,20 @@ class AsyncpgConnection:
 
     def is_closed(self) -> bool:
         return bool(self.raw.is_closed())
+
+    def checkout(self) -> bool:
+        watch = self._watch
+        if watch is None:
+            return not self.raw.is_closed()
+        if watch.suspect or self.raw.is_closed():
+            return False
+        watch.idle = False
+        return True
+
+    def checked(self) -> None:
+        if self._watch is not None:
+            self._watch.idle = False
+            self._watch.suspect = False
 
     def verdict(self, failed: bool) -> int:
         raw = self.raw
@@ -84,6 +143,8 @@ class AsyncpgConnection:
             or not self._parameters_unchanged()
         ):
             return DIRTY
+        if self._watch is not None:
+            self._watch.idle = True
         return CLEAN
 
     def _parameters_unchanged(self) -> bool:
@@ -113,7 +174,10 @@ class AsyncpgConnection:
             await raw.execute(FULL_RESET)
         elif not self._parameters_unchanged():
             await raw.execute("RESET ALL")
-        return self._accept_parameters()
+        clean = self._accept_parameters()
+        if clean and self._watch is not None:
+            self._watch.idle = True
+        return clean
 
     def _accept_parameters(self) -> bool:
         """After a reset: clean if every session-settable parameter is back."""

@@ -138,6 +138,29 @@ class LocalCluster:
         self.stop(mode)
         self.start()
 
+    def require_password(self, method: str = "scram-sha-256") -> None:
+        """Make every role except the superuser ``postgres`` authenticate with a
+        password over TCP (``method``: ``scram-sha-256`` or ``md5``); ``postgres``
+        keeps trust, so :attr:`dsn` still works for admin work. Create the roles (with
+        ``CREATE ROLE ... PASSWORD``) before or after; a running server is restarted
+        so the rule holds from the next connection on (a reload would apply it at
+        some point after the call returns)."""
+        if method not in ("scram-sha-256", "md5"):
+            raise ValueError(f"method={method!r}: expected 'scram-sha-256' or 'md5'")
+        rules = [
+            "local all all trust",
+            "host all postgres 127.0.0.1/32 trust",
+            "host all postgres ::1/128 trust",
+            f"host all all 127.0.0.1/32 {method}",
+            f"host all all ::1/128 {method}",
+        ]
+        hba = self.data / "pg_hba.conf"
+        hba.write_text("\n".join(rules) + "\n")
+        if self._as_user is not None:
+            os.chown(hba, self._as_user.pw_uid, self._as_user.pw_gid)
+        if self.running:
+            self.restart()
+
     def destroy(self) -> None:
         """Stop the server and delete its files."""
         try:

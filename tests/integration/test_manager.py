@@ -133,3 +133,18 @@ async def test_get_manager_is_one_instance_per_process_and_loop(
     await anyio.to_thread.run_sync(other_loop)
     await first.aclose()
     assert connman.get_manager() is not first
+
+
+@pytest.mark.postgres
+async def test_pools_differing_only_in_password_keep_apart_names(postgres_url: str) -> None:
+    from connman import parse_url
+
+    url = parse_url(postgres_url)
+    base = f"postgresql://{url.user}:{{pw}}@{url.host}:{url.port}/{url.database}"
+    async with ConnectionManager(postgres_url, degrade=False) as manager:
+        for pw in ("first-secret", "second-secret"):
+            async with manager.lease("t", url=base.format(pw=pw)):
+                pass
+        names = [s.name for s in manager.stats()]
+    assert len(names) == len(set(names)) == 3
+    assert not any("secret" in name for name in names)

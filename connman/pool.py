@@ -193,10 +193,16 @@ class Pool:
                 await self._all_returned.wait()
         for pooled in list(self._conns):  # leased and never returned
             self._drop(pooled, lost=False, terminate=True)
-        if self._tasks:  # polite closes and cleanups, each bounded by its own timeout
-            await asyncio.wait(list(self._tasks), timeout=self.config.close_timeout)
+        # Connects, polite closes and cleanups, each bounded by its own timeout; a task
+        # may spawn another (a connect that lands now closes its connection), so loop.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.close_timeout
+        while self._tasks and (remaining := deadline - loop.time()) > 0:
+            await asyncio.wait(list(self._tasks), timeout=remaining)
+        if self._tasks:
             for task in list(self._tasks):
                 task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._driver.stop()
         self._closed.set()
         self._log.debug("pool_closed", counters=dict(self._counters), consumer=None)
@@ -562,8 +568,6 @@ class Pool:
     async def _connect_in_background(self) -> None:
         try:
             pooled = await self._open_connection()
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
             self._connecting -= 1
             if self._driver.is_permanent(exc) and not self._conns:
@@ -579,7 +583,7 @@ class Pool:
             raise
         self._connecting -= 1
         if self._closing:
-            self._drop(pooled, lost=False, terminate=True)
+            self._drop(pooled, lost=False)  # aclose waits for this polite close
             return
         self._idle.append(pooled)
         self._dispatch()

@@ -14,10 +14,12 @@ from start to stop (an in-memory database dies with its last connection).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
 import sqlite3
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiosqlite
@@ -34,11 +36,17 @@ _memory_ids = itertools.count(1)
 class AiosqliteConnection:
     """One aiosqlite connection (a sqlite3 connection on its own thread)."""
 
-    __slots__ = ("_pragmas", "raw")
+    __slots__ = ("_pragmas", "_stopping", "raw")
 
-    def __init__(self, raw: aiosqlite.Connection, pragmas: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        raw: aiosqlite.Connection,
+        pragmas: tuple[str, ...],
+        stopping: set[asyncio.Future[Any]],
+    ) -> None:
         self.raw = raw
         self._pragmas = pragmas
+        self._stopping = stopping
 
     def is_closed(self) -> bool:
         return self.raw._connection is None or not self.raw._running
@@ -76,7 +84,13 @@ class AiosqliteConnection:
 
     def terminate(self) -> None:
         if self.raw._running:
-            self.raw.stop()
+            # stop() queues the close on the connection's thread and returns a future
+            # of this loop; the driver awaits it at stop(), so the thread never
+            # reports into a loop that has closed meanwhile.
+            future = self.raw.stop()
+            if future is not None:
+                self._stopping.add(future)
+                future.add_done_callback(self._stopping.discard)
 
 
 class AiosqliteDriver:
@@ -88,6 +102,7 @@ class AiosqliteDriver:
         assert url.database is not None
         self._config = config
         self._anchor: sqlite3.Connection | None = None
+        self._stopping: set[asyncio.Future[Any]] = set()
         query = dict(url.query)
         read_only = query.get("mode") == "ro" or query.get("immutable") == "1"
         if url.is_memory:
@@ -125,9 +140,11 @@ class AiosqliteDriver:
         except BaseException:
             await raw.close()
             raise
-        return AiosqliteConnection(raw, self._pragmas)
+        return AiosqliteConnection(raw, self._pragmas, self._stopping)
 
     async def stop(self) -> None:
+        if self._stopping:
+            await asyncio.wait(list(self._stopping), timeout=self._config.close_timeout)
         if self._anchor is not None:
             self._anchor.close()
             self._anchor = None

@@ -215,7 +215,7 @@ async def test_quiet_restart_refills_without_traffic(postgres_cluster, make_mana
         return await backends(admin, app) == min_size
 
     try:
-        await wait_until(refilled, timeout=3, what="min_size live connections after restart")
+        await wait_until(refilled, timeout=10, what="min_size live connections after restart")
         assert manager.stats()[0].idle == min_size
     finally:
         await admin.close()

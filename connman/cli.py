@@ -59,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _subcommands() -> list[Callable[[Any], None]]:
     """``register(subparsers)`` functions of the modules that add subcommands."""
-    return []
+    from connman import coherence  # light: imports SQLAlchemy only when a check runs
+
+    return [coherence.register_cli]
 
 
 # -- status ------------------------------------------------------------------------

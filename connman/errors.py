@@ -9,11 +9,16 @@ from __future__ import annotations
 
 __all__ = [
     "AcquireTimeout",
+    "AdapterError",
+    "CausalParentMissing",
     "ConfigError",
     "ConnmanError",
+    "DatumConflict",
+    "InvalidInput",
     "LeaseError",
     "PoolClosed",
     "PoolUnavailable",
+    "QueryParameterError",
 ]
 
 
@@ -47,3 +52,30 @@ class PoolUnavailable(ConnmanError):
 
 class LeaseError(ConnmanError):
     """A lease was misused, e.g. its connection touched after the lease ended."""
+
+
+# -- adapters ----------------------------------------------------------------------
+
+
+class AdapterError(ConnmanError):
+    """A storage adapter (D-gent, Brain) refused an operation; the message says why."""
+
+
+class InvalidInput(AdapterError, ValueError):
+    """An argument an adapter cannot store as given (a tag longer than its column,
+    an id of the wrong type...). Also a ``ValueError``. Raised before any SQL runs, so
+    both dialects refuse the same values (SQLite would store what Postgres rejects)."""
+
+
+class QueryParameterError(InvalidInput):
+    """A ``:name`` in a query has no value in ``params``; the message names every
+    missing name. (A ``:word`` meant literally is written ``\\:word``.)"""
+
+
+class DatumConflict(AdapterError):
+    """``put`` of a datum whose id exists with other content: D-gent data is
+    append-only. The same content again is a no-op, never this error."""
+
+
+class CausalParentMissing(AdapterError, LookupError):
+    """``put`` of a datum whose ``causal_parent`` does not exist. Also a ``LookupError``."""

@@ -1,0 +1,412 @@
+"""The D-gent adapter: append-only data with causal chains, on a connman lease.
+
+``DgentStore`` implements kgents' D-gent protocol (``put``, ``get``, ``delete``,
+``list``, ``causal_chain``, ``exists``, ``count``) on table ``data``
+(:mod:`connman.schema.dgent`), PostgreSQL or SQLite, through leases of the consumer
+``dgent`` on the database ``KGENTS_DGENT_BACKEND`` picks (``storage.dgent_url``).
+
+What it guarantees, beyond the old backends:
+
+- **Append-only.** ``put`` of an existing id with the same content is a no-op; with
+  other content it raises :class:`~connman.errors.DatumConflict` (the old backends
+  silently overwrote). A ``causal_parent`` must exist
+  (:class:`~connman.errors.CausalParentMissing`), checked in the INSERT itself.
+- **One statement per call** where the protocol allows it: ``put`` is one
+  ``INSERT ... SELECT ... WHERE parent exists ON CONFLICT DO NOTHING`` (a second query
+  only when nothing was inserted, to say why); ``causal_chain`` is one recursive CTE.
+- **Indexed prefix scans.** PostgreSQL: ``id LIKE 'prefix%'`` with LIKE's wildcards in
+  the prefix escaped, served by ``idx_data_id_prefix`` (``text_pattern_ops``). SQLite:
+  the range ``id >= prefix AND id < next(prefix)`` on the primary key.
+- **Schema on first use**, idempotent and safe under concurrent first use
+  (:mod:`connman.adapters._ddl`).
+
+This module does not import SQLAlchemy (the D-gent track has no use for it).
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from connman.adapters._ddl import SchemaGate, plan_for
+from connman.adapters._raw import RawSQL, transaction
+from connman.errors import AdapterError, CausalParentMissing, DatumConflict, InvalidInput
+from connman.manager import ConnectionManager, Lease, get_manager
+from connman.schema import dgent as schema
+
+__all__ = ["Datum", "DgentStore", "content_id", "new_id"]
+
+# A causal chain longer than this is refused rather than walked forever (only data
+# not written through this adapter can form a cycle: a parent must exist before its
+# child, and ids never change).
+MAX_CHAIN_DEPTH = 100_000
+
+_COLUMNS = "id, content, created_at, causal_parent, metadata"
+
+
+def new_id() -> str:
+    """A fresh random id (uuid4, 32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+def content_id(content: bytes) -> str:
+    """The content-addressed id of ``content`` (sha256, 64 hex digits): the same
+    content always gets the same id, so storing it twice is a no-op."""
+    return hashlib.sha256(content).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Datum:
+    """One immutable piece of data. ``metadata`` is stored as JSON."""
+
+    id: str
+    content: bytes
+    created_at: float = field(default_factory=time.time)
+    """Unix epoch seconds."""
+    causal_parent: str | None = None
+    """The id of the datum this one derives from (it must exist when this is put)."""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        content: bytes,
+        *,
+        causal_parent: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        content_addressed: bool = False,
+        created_at: float | None = None,
+    ) -> Datum:
+        """A new datum: id :func:`new_id`, or :func:`content_id` when
+        ``content_addressed``; ``created_at`` now unless given."""
+        return cls(
+            id=content_id(content) if content_addressed else new_id(),
+            content=content,
+            created_at=time.time() if created_at is None else created_at,
+            causal_parent=causal_parent,
+            metadata=dict(metadata or {}),
+        )
+
+
+class DgentStore:
+    """kgents' D-gent protocol on connman leases.
+
+    Args:
+        manager: the manager to lease from; ``None``: :func:`connman.get_manager`
+            (looked up on every call, so the store survives a new event loop).
+        consumer: the consumer name of its leases (limits and metrics per consumer).
+        url: the database; ``None``: ``manager.storage.dgent_url`` (the database
+            ``KGENTS_DGENT_BACKEND`` picks, by default the storage's own).
+    """
+
+    def __init__(
+        self,
+        manager: ConnectionManager | None = None,
+        *,
+        consumer: str = "dgent",
+        url: str | None = None,
+    ) -> None:
+        self._manager = manager
+        self._consumer = consumer
+        self._url = url
+        self._gate = SchemaGate(plan_for(schema.TABLES))
+
+    def __repr__(self) -> str:
+        return f"DgentStore(consumer={self._consumer!r})"
+
+    # -- the protocol ----------------------------------------------------------------
+
+    async def put(self, datum: Datum) -> str:
+        """Store ``datum``; its id.
+
+        Raises:
+            DatumConflict: the id exists with other content (the same content again
+                is a no-op).
+            CausalParentMissing: ``datum.causal_parent`` does not exist.
+            InvalidInput: a field of the wrong type, or metadata that is not JSON.
+        """
+        args = _put_args(datum)
+        async with self._lease() as lease:
+            await self._gate.ensure(lease)
+            raw = RawSQL(lease, autocommit=True)
+            sql = _PUT if raw.postgres else _sqlite(_PUT)
+            # Twice at most: if the row vanished between our INSERT and our look at
+            # it (a concurrent delete), inserting again is the right answer.
+            for _ in range(2):
+                try:
+                    if await raw.execute(sql, args):
+                        return datum.id
+                except Exception as exc:
+                    if _is_foreign_key_violation(exc):
+                        # The parent was deleted between the existence check and the
+                        # insert (PostgreSQL's FK check caught it).
+                        raise _parent_missing(datum) from exc
+                    raise
+                row = await raw.fetch_one(
+                    _sql(raw, "SELECT content FROM data WHERE id = $1"), [datum.id]
+                )
+                if row is not None:
+                    if bytes(row["content"]) != datum.content:
+                        raise _conflict(datum, bytes(row["content"]))
+                    return datum.id
+                if datum.causal_parent is not None:
+                    raise _parent_missing(datum)
+        raise AdapterError(f"datum {datum.id!r} could not be stored: it was deleted while put")
+
+    async def get(self, id: str) -> Datum | None:
+        """The datum ``id``, or None."""
+        _check_id(id)
+        async with self._lease() as lease:
+            await self._gate.ensure(lease)
+            raw = RawSQL(lease, autocommit=True)
+            row = await raw.fetch_one(_sql(raw, f"SELECT {_COLUMNS} FROM data WHERE id = $1"), [id])
+        return None if row is None else _datum(row)
+
+    async def delete(self, id: str) -> bool:
+        """Delete datum ``id``; True if it existed. Its children keep existing with
+        ``causal_parent`` set to NULL (they lose their link, not their data)."""
+        _check_id(id)
+        async with self._lease() as lease:
+            await self._gate.ensure(lease)
+            async with transaction(lease) as tx:
+                # The foreign key's ON DELETE SET NULL does this where it exists; a
+                # table created by old kgents may lack it (always on SQLite), so the
+                # children are unlinked explicitly, in the same transaction.
+                await tx.execute(
+                    _sql(tx, "UPDATE data SET causal_parent = NULL WHERE causal_parent = $1"), [id]
+                )
+                deleted = await tx.execute(_sql(tx, "DELETE FROM data WHERE id = $1"), [id])
+            return deleted == 1
+
+    async def list(
+        self, prefix: str | None = None, after: float | None = None, limit: int = 100
+    ) -> builtins.list[Datum]:
+        """Data newest first (``created_at`` descending, then id descending).
+
+        Args:
+            prefix: only ids starting with it (taken literally: ``%`` and ``_`` are
+                not wildcards).
+            after: only data created strictly after this Unix time.
+            limit: at most this many.
+        """
+        if prefix is not None and not isinstance(prefix, str):
+            raise InvalidInput(f"prefix must be a str, got {type(prefix).__name__}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise InvalidInput(f"limit must be an int >= 0, got {limit!r}")
+        async with self._lease() as lease:
+            await self._gate.ensure(lease)
+            raw = RawSQL(lease, autocommit=True)
+            sql, args = _list_query(lease.dialect, prefix or None, after, limit)
+            rows = await raw.fetch_all(sql, args)
+        return [_datum(row) for row in rows]
+
+    async def causal_chain(self, id: str) -> builtins.list[Datum]:
+        """``id`` and its ancestors, oldest first (the root first, ``id`` last); empty
+        if ``id`` does not exist. One recursive query, whatever the length.
+
+        Raises:
+            AdapterError: the chain loops or is longer than ``MAX_CHAIN_DEPTH`` (only
+                data written around this adapter can do that).
+        """
+        _check_id(id)
+        async with self._lease() as lease:
+            await self._gate.ensure(lease)
+            raw = RawSQL(lease, autocommit=True)
+            rows = await raw.fetch_all(_sql(raw, _CHAIN), [id, MAX_CHAIN_DEPTH])
+        chain = [_datum(row) for row in rows]
+        if len({d.id for d in chain}) != len(chain):
+            raise AdapterError(f"the causal chain of {id!r} contains a cycle")
+        if len(chain) > MAX_CHAIN_DEPTH:
+            raise AdapterError(f"the causal chain of {id!r} is longer than {MAX_CHAIN_DEPTH}")
+        return chain
+
+    async def exists(self, id: str) -> bool:
+        """True if datum ``id`` exists."""
+        _check_id(id)
+        async with self._lease() as lease:
+            await self._gate.ensure(lease)
+            raw = RawSQL(lease, autocommit=True)
+            found = await raw.fetch_value(_sql(raw, "SELECT 1 FROM data WHERE id = $1"), [id])
+        return found is not None
+
+    async def count(self) -> int:
+        """The number of data."""
+        async with self._lease() as lease:
+            await self._gate.ensure(lease)
+            raw = RawSQL(lease, autocommit=True)
+            return int(await raw.fetch_value("SELECT count(*) FROM data"))
+
+    # -- plumbing --------------------------------------------------------------------
+
+    async def ensure_schema(self) -> None:
+        """Create table ``data`` and its indexes if missing (every other call does
+        this on first use; call it to pay the cost up front)."""
+        async with self._lease() as lease:
+            await self._gate.ensure(lease)
+
+    def _lease(self) -> Lease:
+        manager = self._manager if self._manager is not None else get_manager()
+        url = self._url
+        if url is None:
+            storage = manager.storage
+            # The default pool when D-gent shares the storage's database: that keeps
+            # degradation (the default pool may stand in for an unreachable one).
+            url = None if storage.dgent_url in ("", storage.url) else storage.dgent_url
+        return manager.lease(self._consumer, url=url)
+
+
+# -- SQL -------------------------------------------------------------------------------
+
+# Written for asyncpg ($N); _sqlite() turns $N into SQLite's ?N (same numbering).
+_PUT = """
+INSERT INTO data (id, content, created_at, causal_parent, metadata)
+SELECT $1::text, $2::bytea, $3::float8, $4::text, $5::jsonb
+WHERE $4::text IS NULL OR EXISTS (SELECT 1 FROM data WHERE id = $4::text)
+ON CONFLICT (id) DO NOTHING
+"""
+
+# Walks ids only, then joins the rows once: the recursion does not drag contents.
+_CHAIN = """
+WITH RECURSIVE chain(id, parent, depth) AS (
+    SELECT id, causal_parent, 0 FROM data WHERE id = $1
+    UNION ALL
+    SELECT d.id, d.causal_parent, c.depth + 1
+    FROM chain c JOIN data d ON d.id = c.parent
+    WHERE c.depth < $2
+)
+SELECT d.id, d.content, d.created_at, d.causal_parent, d.metadata
+FROM chain c JOIN data d ON d.id = c.id
+ORDER BY c.depth DESC
+"""
+
+_CASTS = ("::text", "::bytea", "::float8", "::jsonb")
+
+
+def _sqlite(sql: str) -> str:
+    """The asyncpg SQL for sqlite3: ``$N`` -> ``?N``, PostgreSQL casts dropped."""
+    for cast in _CASTS:
+        sql = sql.replace(cast, "")
+    return sql.replace("$", "?")
+
+
+def _sql(raw: RawSQL, sql: str) -> str:
+    return sql if raw.postgres else _sqlite(sql)
+
+
+def _list_query(
+    dialect: str, prefix: str | None, after: float | None, limit: int
+) -> tuple[str, builtins.list[Any]]:
+    """The SQL and arguments of :meth:`DgentStore.list` (one statement text per
+    combination of filters, so each keeps its own cached plan)."""
+    postgres = dialect == "postgresql"
+    where: builtins.list[str] = []
+    args: builtins.list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}" if postgres else f"?{len(args)}"
+
+    if prefix is not None:
+        if postgres:
+            # LIKE with the default escape character (backslash): the planner turns
+            # the pattern's literal prefix into an idx_data_id_prefix range.
+            where.append(f"id LIKE {arg(_like_prefix(prefix))}")
+        else:
+            where.append(f"id >= {arg(prefix)}")
+            upper = _prefix_upper_bound(prefix)
+            if upper is not None:
+                where.append(f"id < {arg(upper)}")
+    if after is not None:
+        where.append(f"created_at > {arg(float(after))}")
+    sql = f"SELECT {_COLUMNS} FROM data"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY created_at DESC, id DESC LIMIT {arg(limit)}"
+    return sql, args
+
+
+def _like_prefix(prefix: str) -> str:
+    """A LIKE pattern matching exactly the strings that start with ``prefix``."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+def _prefix_upper_bound(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with ``prefix``, in
+    code point order (SQLite's BINARY collation); None when there is none."""
+    chars = builtins.list(prefix)
+    while chars:
+        code = ord(chars.pop()) + 1
+        if code > 0x10FFFF:
+            continue  # U+10FFFF cannot be incremented: carry to the previous one
+        if 0xD800 <= code <= 0xDFFF:
+            code = 0xE000  # surrogates cannot be stored in UTF-8 text
+        return "".join(chars) + chr(code)
+    return None
+
+
+# -- values ----------------------------------------------------------------------------
+
+
+def _check_id(id: object) -> None:
+    if not isinstance(id, str) or not id:
+        raise InvalidInput(f"a datum id is a non-empty str, got {id!r}")
+
+
+def _put_args(datum: Datum) -> builtins.list[Any]:
+    if not isinstance(datum, Datum):
+        raise InvalidInput(f"put() takes a Datum, got {type(datum).__name__}")
+    _check_id(datum.id)
+    if not isinstance(datum.content, bytes):
+        raise InvalidInput(
+            f"datum {datum.id!r}: content must be bytes, got {type(datum.content).__name__}"
+        )
+    if datum.causal_parent is not None:
+        _check_id(datum.causal_parent)
+    try:
+        metadata = json.dumps(datum.metadata if datum.metadata is not None else {})
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"datum {datum.id!r}: metadata is not JSON: {exc}") from None
+    return [datum.id, datum.content, float(datum.created_at), datum.causal_parent, metadata]
+
+
+def _datum(row: Mapping[str, Any]) -> Datum:
+    metadata = row["metadata"]
+    if isinstance(metadata, str | bytes):
+        metadata = json.loads(metadata)
+    return Datum(
+        id=row["id"],
+        content=bytes(row["content"]),
+        created_at=float(row["created_at"]),
+        causal_parent=row["causal_parent"],
+        metadata=dict(metadata or {}),
+    )
+
+
+def _is_foreign_key_violation(exc: Exception) -> bool:
+    if getattr(exc, "sqlstate", None) == "23503":  # asyncpg ForeignKeyViolationError
+        return True
+    return isinstance(exc, sqlite3.IntegrityError) and "FOREIGN KEY" in str(exc)
+
+
+def _parent_missing(datum: Datum) -> CausalParentMissing:
+    return CausalParentMissing(
+        f"datum {datum.id!r} names causal_parent {datum.causal_parent!r}, which does not "
+        "exist: put the parent first"
+    )
+
+
+def _conflict(datum: Datum, stored: bytes) -> DatumConflict:
+    return DatumConflict(
+        f"datum {datum.id!r} already exists with different content (stored: {len(stored)} "
+        f"bytes, sha256 {content_id(stored)[:12]}...; given: {len(datum.content)} bytes, "
+        f"sha256 {content_id(datum.content)[:12]}...). D-gent data is append-only: store "
+        f"the new content under a new id (Datum.create(..., causal_parent={datum.id!r}))"
+    )

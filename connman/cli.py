@@ -18,6 +18,7 @@ from connman.config import PoolConfig
 from connman.errors import ConfigError, ConnmanError
 from connman.manager import ConnectionManager
 from connman.resolve import Storage, resolve_storage
+from connman.status import live_pools, pool_report, server_connections, track_report
 from connman.urls import redact_text
 
 __all__ = ["main"]
@@ -50,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--timeout", type=float, default=None, help="seconds to wait for the database"
     )
+    status.add_argument(
+        "--metrics",
+        metavar="URL",
+        default=None,
+        help="also show the live pools of a running process from its metrics endpoint "
+        "(e.g. http://127.0.0.1:9464)",
+    )
     status.set_defaults(run=_status)
     # Other subcommands live with the code they drive; each module adds its parser.
     for register in _subcommands():
@@ -72,6 +80,8 @@ def _status(args: argparse.Namespace) -> int:
     overrides = {} if args.timeout is None else {"connect_timeout": args.timeout}
     config = PoolConfig.from_env(**overrides)
     report = asyncio.run(_probe(storage, config))
+    if args.metrics:
+        report["live"] = _live(args.metrics, config.connect_timeout)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -112,11 +122,22 @@ async def _probe(storage: Storage, config: PoolConfig) -> dict[str, Any]:
             report["degraded"] = True
             report["effective_url"] = pool.url.redacted()
             report["effective_tier"] = pool.tier
+        # The verify step after a migration: each track's tables and row counts.
+        report["tracks"] = await track_report(manager, storage, config.connect_timeout)
+        report["server_connections"] = await server_connections(manager)
     except ConnmanError as exc:
         report["error"] = redact_text(str(exc))
     finally:
+        report["pools"] = pool_report(manager.stats())
         await manager.aclose()
     return report
+
+
+def _live(url: str, timeout: float) -> dict[str, Any]:
+    try:
+        return {"source": redact_text(url), "pools": live_pools(url, timeout), "error": None}
+    except ConnmanError as exc:
+        return {"source": redact_text(url), "pools": [], "error": str(exc)}
 
 
 async def _select_version(dialect: str, conn: Any) -> str:
@@ -168,6 +189,47 @@ def _print_status(r: dict[str, Any]) -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+    _print_pools("pools (this command)", r.get("pools") or [])
+    if r.get("server_connections"):
+        print("\nserver connections to this database (pg_stat_activity)")
+        for c in r["server_connections"]:
+            print(f"  {c['application_name'] or '-'}: {c['count']} {c['state']}")
+    if r.get("tracks"):
+        print("\ntracks (tables: rows)")
+        tw = max(len(t) for t in r["tracks"])
+        for track, t in r["tracks"].items():
+            if t["error"]:
+                detail = f"ERROR {t['error']}"
+            else:
+                detail = ", ".join(
+                    f"{table} {'missing' if n is None else n}" for table, n in t["tables"].items()
+                )
+            print(f"  {track:<{tw}}  {detail}  [{t['database']}]")
+    live = r.get("live")
+    if live is not None:
+        if live["error"]:
+            print(f"\nlive pools from {live['source']}: ERROR {live['error']}")
+        else:
+            _print_pools(f"live pools from {live['source']}", live["pools"])
+
+
+def _print_pools(title: str, pools: list[dict[str, Any]]) -> None:
+    print(f"\n{title}")
+    if not pools:
+        print("  none")
+    for p in pools:
+        up = "" if p.get("up", True) is not False else "  DOWN"
+        print(
+            f"  {p['pool']}: {p['in_use']} in use, {p['idle']} idle, {p['waiting']} waiting, "
+            f"max {p['max_size']}{up}"
+        )
+        consumers = sorted(set(p["consumers"]) | set(p["waiting_by_consumer"]))
+        for consumer in consumers:
+            waiting = p["waiting_by_consumer"].get(consumer, 0)
+            print(
+                f"    {consumer}: {p['consumers'].get(consumer, 0)} in use"
+                + (f", {waiting} waiting" if waiting else "")
+            )
 
 
 if __name__ == "__main__":  # pragma: no cover

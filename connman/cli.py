@@ -67,9 +67,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _subcommands() -> list[Callable[[Any], None]]:
     """``register(subparsers)`` functions of the modules that add subcommands."""
-    from connman import coherence  # light: imports SQLAlchemy only when a check runs
+    # Light imports: SQLAlchemy and the adapters load only when a command runs.
+    from connman import coherence, demo
 
-    return [coherence.register_cli]
+    return [demo.register_cli, coherence.register_cli]
 
 
 # -- status ------------------------------------------------------------------------

@@ -126,9 +126,18 @@ class Lease:
     # -- lifecycle -------------------------------------------------------------------
 
     async def __aenter__(self) -> Lease:
-        await self.acquire()
+        # The common case inline (an idle connection, nothing queued): no nested
+        # coroutine, no await. Everything else goes through acquire().
+        pool = self._pool
+        if self._state or pool is None or self._manager._loop is not asyncio.get_running_loop():
+            await self.acquire()
+        else:
+            pooled = pool.try_acquire(self.consumer)
+            if pooled is None:
+                pooled = await pool.acquire_queued(self.consumer, self._timeout)
+            self._take(pool, pooled)
         # Events logged inside the block, connman's and the application's, carry the
-        # consumer and the pool (structlog contextvars), until the release is done.
+        # consumer and the pool (structlog's context variables) until the release.
         assert self._pool is not None
         self._log_tokens = bind_lease_context(self.consumer, self._pool.name)
         return self
@@ -140,7 +149,17 @@ class Lease:
         tb: TracebackType | None,
     ) -> None:
         try:
-            await self.release(failed=exc_type is not None)
+            if self._state == 1 and not self._full_reset and self._leak_handle is None:
+                # The common case inline: a clean connection goes back with no I/O.
+                pooled = self._pooled
+                self._state = 2
+                self._pooled = self._raw = None
+                assert pooled is not None
+                assert self._pool is not None
+                if not self._pool.release_nowait(pooled, failed=exc_type is not None):
+                    await self._pool.release(pooled, failed=exc_type is not None)
+            else:
+                await self.release(failed=exc_type is not None)
         finally:
             unbind_lease_context(self._log_tokens)
 
@@ -154,7 +173,10 @@ class Lease:
         pool = self._pool
         if pool is None:
             pool = self._pool = await manager._pool_for(self._url)
-        pooled = await pool.acquire(self.consumer, self._timeout)
+        self._take(pool, await pool.acquire(self.consumer, self._timeout))
+        return self
+
+    def _take(self, pool: Pool, pooled: PooledConnection) -> None:
         self._pooled = pooled
         self._raw = pooled.conn.raw
         self._state = 1
@@ -162,7 +184,6 @@ class Lease:
         if threshold is not None:
             self._stack = pool.leak_stack()
             self._leak_handle = asyncio.get_running_loop().call_later(threshold, self._leaked)
-        return self
 
     async def release(self, *, failed: bool = False) -> None:
         """Give the connection back (``async with`` does this). Idempotent.

@@ -27,6 +27,7 @@ which is what makes the handoff atomic without locks.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 import traceback
@@ -74,12 +75,19 @@ class PooledConnection:
 
 
 class _Waiter:
-    __slots__ = ("consumer", "future", "timer")
+    __slots__ = ("consumer", "deadline", "future", "started")
 
-    def __init__(self, consumer: str, future: asyncio.Future[PooledConnection]) -> None:
+    def __init__(
+        self,
+        consumer: str,
+        future: asyncio.Future[PooledConnection],
+        deadline: float,
+        started: float,
+    ) -> None:
         self.consumer = consumer
         self.future = future
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = deadline
+        self.started = started
 
 
 class Pool:
@@ -123,6 +131,9 @@ class Pool:
         self._connecting = 0
         self._closing_conns = 0
         self._counters = dict.fromkeys(S.COUNTERS, 0)
+        self._acquired = 0  # the hot counter, kept out of the dict
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
 
         self._last_error: str | None = None
         self._failing = False
@@ -183,6 +194,8 @@ class Pool:
         self._fail_waiters(lambda _: PoolClosed(f"pool {self.name} is closed"))
         if self._backoff_handle is not None:
             self._backoff_handle.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         if self._maintenance is not None:
             self._maintenance.cancel()
         idle, self._idle = self._idle, []
@@ -214,6 +227,36 @@ class Pool:
 
     # ================================================================= acquire
 
+    def try_acquire(self, consumer: str) -> PooledConnection | None:
+        """The synchronous fast path of :meth:`acquire`: a connection if one is idle,
+        nobody is queued ahead, the consumer is under its limit and the connection
+        needs no check. None otherwise (then ``await acquire()``, which queues)."""
+        idle = self._idle
+        if not idle or self._n_waiting or self._closing:
+            return None
+        if self._limits:
+            limit = self._limits.get(consumer)
+            if limit is not None and self._consumers.get(consumer, 0) >= limit:
+                return None
+        pooled = idle[-1]
+        now = _monotonic()
+        if (
+            now - pooled.last_used >= self._check_after
+            or now >= pooled.expires
+            or not pooled.conn.checkout()
+        ):
+            return None  # the queued path validates it
+        idle.pop()
+        pooled.consumer = consumer
+        pooled.leased_at = now
+        self._in_use += 1
+        consumers = self._consumers
+        consumers[consumer] = consumers.get(consumer, 0) + 1
+        self._acquired += 1
+        if self._observer is not None:
+            self._observer.lease_acquired(self.name, consumer, 0.0)
+        return pooled
+
     async def acquire(self, consumer: str, timeout: float | None = None) -> PooledConnection:
         """Lease a connection to ``consumer`` within ``timeout`` seconds (default
         ``acquire_timeout``).
@@ -223,93 +266,97 @@ class Pool:
             PoolUnavailable: the database cannot be reached.
             PoolClosed: the pool is closing.
         """
+        pooled = self.try_acquire(consumer)
+        if pooled is not None:
+            return pooled
+        return await self.acquire_queued(consumer, timeout)
+
+    async def acquire_queued(self, consumer: str, timeout: float | None = None) -> PooledConnection:
+        """:meth:`acquire` without its :meth:`try_acquire` first (for a caller that
+        just tried): join the queue, be handed a connection, check it if needed."""
         if self._closing:
             raise PoolClosed(f"pool {self.name} is closed")
-        idle = self._idle
-        # Fast path: nobody queued ahead of us, an idle connection, the consumer under
-        # its limit. No future, no task switch, no timer.
-        if idle and not self._n_waiting:
-            limit = self._limits.get(consumer) if self._limits else None
-            if limit is None or self._consumers.get(consumer, 0) < limit:
-                pooled = idle.pop()
-                self._assign(pooled, consumer)
-                now = _monotonic()
-                if (
-                    now - pooled.last_used < self._check_after
-                    and now < pooled.expires
-                    and pooled.conn.checkout()
-                ):
-                    pooled.leased_at = now
-                    self._counters[S.ACQUIRED] += 1
-                    if self._observer is not None:
-                        self._observer.lease_acquired(self.name, consumer, 0.0)
-                    return pooled
-                return await self._acquire_slow(consumer, timeout, pooled)
-        return await self._acquire_slow(consumer, timeout, None)
-
-    async def _acquire_slow(
-        self, consumer: str, timeout: float | None, candidate: PooledConnection | None
-    ) -> PooledConnection:
-        started = _monotonic()
+        loop = self._loop
+        assert loop is not None
+        # Deadlines are on the loop's clock: the pool's one deadline timer uses it.
+        started = loop.time()
         deadline = started + (self.config.acquire_timeout if timeout is None else timeout)
-        queued = front = False
+        front = False
         while True:
-            if candidate is None:
-                if not queued:
-                    queued = True
+            waiter = _Waiter(consumer, loop.create_future(), deadline, started)
+            if front:
+                self._waiters.appendleft(waiter)
+            else:
+                self._waiters.append(waiter)
+            self._n_waiting += 1
+            if self._idle:
+                self._dispatch()
+            future = waiter.future
+            if not future.done():
+                if not front:
                     self._counters[S.WAITED] += 1
-                candidate = await self._wait(consumer, deadline, started, front)
-            pooled, candidate = candidate, None
-            if await self._validate(pooled, consumer, deadline, started):
-                now = _monotonic()
+                if len(self._idle) + self._in_use + self._connecting < self._max_size:
+                    self._grow()
+                if deadline < self._timer_at:
+                    self._arm_timer(deadline)
+            try:
+                pooled = await future
+            except asyncio.CancelledError:
+                if future.cancelled():
+                    # Still queued when cancelled: it leaves the queue (lazily:
+                    # dispatch and the deadline sweep skip done futures).
+                    self._n_waiting -= 1
+                    self._counters[S.CANCELLED] += 1
+                elif future.exception() is None:
+                    # Handed a connection in the same loop iteration as the
+                    # cancellation: give it back, or it would be lost.
+                    self._counters[S.CANCELLED] += 1
+                    self._return_unused(future.result())
+                raise
+            now = _monotonic()
+            # Recently used and nothing arrived while idle: no check needed (inline:
+            # the common case of a handoff under load).
+            if (
+                now - pooled.last_used < self._check_after
+                and now < pooled.expires
+                and pooled.conn.checkout()
+            ) or await self._validate(pooled, consumer, deadline, started):
                 pooled.leased_at = now
-                self._counters[S.ACQUIRED] += 1
+                self._acquired += 1
                 if self._observer is not None:
-                    self._observer.lease_acquired(self.name, consumer, now - started)
+                    self._observer.lease_acquired(self.name, consumer, loop.time() - started)
                 return pooled
             # The connection we were given was dead: keep our place at the head.
             front = True
 
-    async def _wait(
-        self, consumer: str, deadline: float, started: float, front: bool
-    ) -> PooledConnection:
-        loop = self._loop
-        assert loop is not None
-        waiter = _Waiter(consumer, loop.create_future())
-        if front:
-            self._waiters.appendleft(waiter)
-        else:
-            self._waiters.append(waiter)
-        self._n_waiting += 1
-        self._dispatch()
-        future = waiter.future
-        if not future.done():
-            self._grow()
-            waiter.timer = loop.call_at(deadline, self._expire, waiter, started)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            if future.cancelled():
-                # Still queued when cancelled: it leaves the queue (lazily; dispatch
-                # skips done futures).
-                self._n_waiting -= 1
-                self._counters[S.CANCELLED] += 1
-            elif future.exception() is None:
-                # Handed a connection in the same loop iteration as the cancellation:
-                # give it back, or it would be lost.
-                self._counters[S.CANCELLED] += 1
-                self._return_unused(future.result())
-            raise
-        finally:
-            if waiter.timer is not None:
-                waiter.timer.cancel()
+    def _arm_timer(self, deadline: float) -> None:
+        """One timer per pool, at the earliest deadline of the queue (not one per
+        waiter: with the default acquire_timeout deadlines come in arrival order, so
+        queueing costs a float comparison)."""
+        assert self._loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(deadline, self._expire_waiters)
 
-    def _expire(self, waiter: _Waiter, started: float) -> None:
-        """Timer callback at a waiter's deadline."""
-        if waiter.future.done():
-            return
-        self._n_waiting -= 1
-        waiter.future.set_exception(self._acquire_error(waiter.consumer, _monotonic() - started))
+    def _expire_waiters(self) -> None:
+        """Fail the waiters whose deadline has passed; re-arm for the next one."""
+        assert self._loop is not None
+        self._timer = None
+        self._timer_at = math.inf
+        now = self._loop.time()
+        following = math.inf
+        for waiter in self._waiters:
+            if waiter.future.done():
+                continue
+            if waiter.deadline <= now:
+                self._n_waiting -= 1
+                error = self._acquire_error(waiter.consumer, now - waiter.started)
+                waiter.future.set_exception(error)
+            elif waiter.deadline < following:
+                following = waiter.deadline
+        if following < math.inf:
+            self._arm_timer(following)
 
     async def _validate(
         self, pooled: PooledConnection, consumer: str, deadline: float, started: float
@@ -327,8 +374,10 @@ class Pool:
         if now - pooled.last_used < self._check_after and conn.checkout():
             return True
         self._counters[S.HEALTH_CHECKS] += 1
+        assert self._loop is not None
+        remaining = deadline - self._loop.time()
         try:
-            with anyio.fail_after(min(deadline - now, self.config.connect_timeout)):
+            with anyio.fail_after(max(0.0, min(remaining, self.config.connect_timeout))):
                 await conn.ping()
         except BaseException as exc:
             self._lease_ended(pooled, None)
@@ -343,8 +392,8 @@ class Pool:
                 raise
             self._counters[S.HEALTH_CHECKS_FAILED] += 1
             self._log.info("health_check_failed", error=_describe(exc))
-            if _monotonic() >= deadline:
-                raise self._acquire_error(consumer, _monotonic() - started) from None
+            if self._loop.time() >= deadline:
+                raise self._acquire_error(consumer, self._loop.time() - started) from None
             return False
         conn.checked()
         pooled.last_used = _monotonic()
@@ -360,8 +409,19 @@ class Pool:
         now = _monotonic()
         verdict = pooled.conn.verdict(failed)
         if verdict == CLEAN and not self._closing and now < pooled.expires:
-            self._lease_ended(pooled, now)
-            self._slot_freed()
+            # _lease_ended() and _slot_freed() inline: this is the hot path.
+            consumer = pooled.consumer
+            if consumer is not None:
+                pooled.consumer = None
+                consumers = self._consumers
+                left = consumers[consumer] - 1
+                if left:
+                    consumers[consumer] = left
+                else:
+                    del consumers[consumer]
+                if self._observer is not None:
+                    self._observer.lease_released(self.name, consumer, now - pooled.leased_at)
+            self._in_use -= 1
             pooled.last_used = now
             self._idle.append(pooled)
             if self._n_waiting:
@@ -441,12 +501,6 @@ class Pool:
 
     # ================================================================= bookkeeping
 
-    def _assign(self, pooled: PooledConnection, consumer: str) -> None:
-        pooled.consumer = consumer
-        self._in_use += 1
-        consumers = self._consumers
-        consumers[consumer] = consumers.get(consumer, 0) + 1
-
     def _lease_ended(self, pooled: PooledConnection, now: float | None) -> None:
         """The consumer's slot is free. ``now`` is None for a lease never granted
         (handed over, then cancelled or failed validation): not observed."""
@@ -471,12 +525,23 @@ class Pool:
     def _dispatch(self) -> None:
         """Hand idle connections to the oldest eligible waiters."""
         idle = self._idle
+        waiters = self._waiters
+        consumers = self._consumers
         while idle and self._n_waiting:
-            waiter = self._pop_eligible()
-            if waiter is None:
-                return
+            if self._limits:
+                waiter = self._pop_eligible()
+                if waiter is None:
+                    return
+            else:
+                # _n_waiting > 0: a live waiter is queued; skip the abandoned ones.
+                waiter = waiters.popleft()
+                if waiter.future.done():
+                    continue
             pooled = idle.pop()
-            self._assign(pooled, waiter.consumer)
+            consumer = waiter.consumer
+            pooled.consumer = consumer
+            self._in_use += 1
+            consumers[consumer] = consumers.get(consumer, 0) + 1
             self._n_waiting -= 1
             waiter.future.set_result(pooled)
 
@@ -730,7 +795,7 @@ class Pool:
             consumers=dict(self._consumers),
             waiting_by_consumer=waiting_by,
             consumer_limits=dict(self._limits),
-            counters=dict(self._counters),
+            counters={**self._counters, S.ACQUIRED: self._acquired},
             last_error=self._last_error if self._failing else None,
             closed=self._closing,
         )

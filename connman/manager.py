@@ -422,6 +422,14 @@ class ConnectionManager:
         self._by_text[url] = pool
         return pool
 
+    def set_observer(self, observer: PoolObserver | None) -> None:
+        """Route per-lease timings of every pool, present and future, to ``observer``
+        (:func:`connman.metrics.instrument` does this for a manager built without one,
+        such as :func:`get_manager`'s)."""
+        self._observer = observer
+        for pool in {id(p): p for p in self._pools.values()}.values():
+            pool.set_observer(observer)
+
     def _new_pool(self, url: DatabaseURL) -> Pool:
         # Pools of URLs that differ only in their password redact to the same text:
         # number them so stats and metric labels stay apart.

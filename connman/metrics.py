@@ -529,14 +529,19 @@ class Metrics:
     # -- managers ----------------------------------------------------------------------
 
     def instrument(self, manager: ConnectionManager) -> ConnectionManager:
-        """Export ``manager``'s pools (until it is closed or garbage-collected).
-        Build the manager with ``observer=self.observer`` for the histograms and the
-        per-consumer counters; without it only the gauges and pool counters exist."""
-        if getattr(manager, "_observer", None) is not self.observer:
+        """Export ``manager``'s pools (until it is closed or garbage-collected). A
+        manager without an observer gets this one, so its wait/use time histograms and
+        per-consumer counters are exported too."""
+        current = getattr(manager, "_observer", None)
+        if current is None:
+            # A manager built without one (get_manager()'s): give it ours.
+            manager.set_observer(self.observer)
+        elif current is not self.observer:
             self._log.warning(
                 "metrics_without_observer",
-                hint="build the manager with ConnectionManager(..., observer=metrics.observer) "
-                "for wait/use time histograms and per-consumer counters",
+                hint="this manager reports its timings to another observer: build it with "
+                "ConnectionManager(..., observer=metrics.observer()) for wait/use time "
+                "histograms and per-consumer counters here",
             )
         with self._lock:
             self._managers.add(manager)

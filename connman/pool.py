@@ -800,6 +800,10 @@ class Pool:
             closed=self._closing,
         )
 
+    def set_observer(self, observer: PoolObserver | None) -> None:
+        """Send per-lease timings to ``observer`` from now on."""
+        self._observer = observer
+
     def note_leak(self, consumer: str) -> None:
         """Count a lease held past ``leak_threshold`` (the lease logs it)."""
         self._counters[S.LEAKS] += 1

@@ -409,3 +409,18 @@ def test_default_metrics_registers_once():
     assert cm_metrics.observer() is cm_metrics.default_metrics().observer
     names = {m.name for m in REGISTRY.collect()}
     assert "connman_pool_connections" in names
+
+
+async def test_instrument_gives_a_manager_without_observer_the_histograms(
+    tmp_path: Any,
+) -> None:
+    """get_manager() builds its manager without an observer; instrument() attaches one,
+    so its leases show up in the wait/use time histograms."""
+    registry = CollectorRegistry()
+    m = Metrics(registry)
+    async with ConnectionManager(f"sqlite:///{tmp_path}/o.db", degrade=False) as manager:
+        m.instrument(manager)
+        async with manager.lease("late"):
+            pass
+        text = await anyio.to_thread.run_sync(lambda: generate_latest(registry).decode())
+    assert 'connman_pool_use_time_seconds_count{consumer="late"' in text

@@ -126,16 +126,8 @@ class Lease:
     # -- lifecycle -------------------------------------------------------------------
 
     async def __aenter__(self) -> Lease:
-        # The common case inline (an idle connection, nothing queued): no nested
-        # coroutine, no await. Everything else goes through acquire().
-        pool = self._pool
-        if self._state or pool is None or self._manager._loop is not asyncio.get_running_loop():
+        if not self.try_acquire():
             await self.acquire()
-        else:
-            pooled = pool.try_acquire(self.consumer)
-            if pooled is None:
-                pooled = await pool.acquire_queued(self.consumer, self._timeout)
-            self._take(pool, pooled)
         # Events logged inside the block, connman's and the application's, carry the
         # consumer and the pool (structlog's context variables) until the release.
         assert self._pool is not None
@@ -149,31 +141,61 @@ class Lease:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if self._state == 1 and not self._full_reset and self._leak_handle is None:
-                # The common case inline: a clean connection goes back with no I/O.
-                pooled = self._pooled
-                self._state = 2
-                self._pooled = self._raw = None
-                assert pooled is not None
-                assert self._pool is not None
-                if not self._pool.release_nowait(pooled, failed=exc_type is not None):
-                    await self._pool.release(pooled, failed=exc_type is not None)
-            else:
+            if not self.release_nowait(failed=exc_type is not None):
                 await self.release(failed=exc_type is not None)
         finally:
             unbind_lease_context(self._log_tokens)
+
+    def try_acquire(self) -> bool:
+        """The synchronous fast path of :meth:`acquire`, for code that cannot await
+        (SQLAlchemy's pool runs in a greenlet): True when the lease now holds an idle
+        connection, taken without waiting or I/O; False when nothing happened and
+        ``await acquire()`` is needed."""
+        pool = self._pool
+        if (
+            self._state
+            or pool is None
+            or self._manager._loop is not asyncio.events._get_running_loop()
+        ):
+            return False
+        pooled = pool.try_acquire(self.consumer)
+        if pooled is None:
+            return False
+        self._take(pool, pooled)
+        return True
+
+    def release_nowait(self, *, failed: bool = False) -> bool:
+        """The synchronous fast path of :meth:`release`: True when the lease has ended
+        without I/O (a clean connection went back, a broken one was dropped); False
+        when nothing happened and ``await release()`` is needed."""
+        if self._state != 1:
+            self._state = 2
+            return True
+        pool = self._pool
+        pooled = self._pooled
+        if self._full_reset or self._leak_handle is not None or pool is None or pooled is None:
+            return False
+        if not pool.release_nowait(pooled, failed=failed):
+            return False
+        self._state = 2
+        self._pooled = self._raw = None
+        return True
 
     async def acquire(self) -> Lease:
         """Take the connection (``async with`` does this). Single use."""
         if self._state:
             raise LeaseError("a Lease is single use: call manager.lease(...) again")
         manager = self._manager
-        if manager._loop is not asyncio.get_running_loop():
-            await manager._bind_loop()
         pool = self._pool
-        if pool is None:
-            pool = self._pool = await manager._pool_for(self._url)
-        self._take(pool, await pool.acquire(self.consumer, self._timeout))
+        if pool is None or manager._loop is not asyncio.get_running_loop():
+            if manager._loop is not asyncio.get_running_loop():
+                await manager._bind_loop()
+            if pool is None:
+                pool = self._pool = await manager._pool_for(self._url)
+        pooled = pool.try_acquire(self.consumer)
+        if pooled is None:
+            pooled = await pool.acquire_queued(self.consumer, self._timeout)
+        self._take(pool, pooled)
         return self
 
     def _take(self, pool: Pool, pooled: PooledConnection) -> None:

@@ -319,7 +319,10 @@ class ConnmanPool(Pool):
 
     def _acquire(self) -> Lease:
         manager = self._manager if self._manager is not None else get_manager()
-        acquiring = manager.acquire(self._consumer, url=self._url, timeout=self._timeout)
+        lease = manager.lease(self._consumer, url=self._url, timeout=self._timeout)
+        if lease.try_acquire():  # an idle connection: no coroutine at all
+            return lease
+        acquiring = lease.acquire()
         if not in_greenlet():
             await_only(acquiring)  # raises MissingGreenlet (and closes the coroutine)
         try:
@@ -329,7 +332,9 @@ class ConnmanPool(Pool):
 
     def _release(self, lease: Lease, *, failed: bool) -> None:
         if in_greenlet():
-            _await_eagerly(lease.release(failed=failed))
+            # Clean or broken: no I/O, no coroutine; else the release, eagerly.
+            if not lease.release_nowait(failed=failed):
+                _await_eagerly(lease.release(failed=failed))
             return
         # Outside SQLAlchemy's greenlet: the garbage collector finalizing a
         # connection nobody closed (SQLAlchemy has terminated it), maybe in another

@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import ipaddress
 import json
 import os
 import platform
@@ -62,14 +61,13 @@ import statistics
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
+from _common import bench_database
 
 import connman
 
@@ -655,40 +653,6 @@ def _checks(
 # ====================================================================== database
 
 
-def _libpq(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if not sep or not scheme.lower().startswith("postgres"):
-        raise SystemExit(f"not a PostgreSQL URL: {url!r}")
-    return "postgresql://" + rest
-
-
-def _check_loopback(dsn: str) -> None:
-    host = urlsplit(dsn).hostname or ""
-    if not host or host.startswith("/") or host == "localhost":
-        return
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return
-    except ValueError:
-        pass
-    raise SystemExit(f"refusing to benchmark {host!r}: only loopback targets (127.0.0.0/8, ::1)")
-
-
-@contextmanager
-def database(url: str | None) -> Iterator[tuple[str, str, str]]:
-    """Yields (libpq dsn, connman url, where it came from)."""
-    url = url or os.environ.get("CONNMAN_BENCH_URL")
-    if url:
-        dsn = _libpq(url)
-        _check_loopback(dsn)
-        yield dsn, url, "given URL"
-        return
-    from connman.testing.cluster import LocalCluster
-
-    with LocalCluster() as cluster:
-        yield cluster.dsn, cluster.url, "throwaway LocalCluster"
-
-
 async def _server_version(dsn: str) -> str:
     conn = await asyncpg.connect(dsn)
     try:
@@ -785,7 +749,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     load_before = os.getloadavg()
     results: dict[str, list[Cell]] = {}
-    with database(args.url) as (dsn, url, source):
+    with bench_database(args.url) as db:
+        dsn, url, source = db.dsn, db.url, db.source
         server = asyncio.run(_server_version(dsn))
         for loop_name in loops:
             results[loop_name] = run_loop(loop_name, dsn, url, plan)

@@ -36,19 +36,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import ipaddress
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 import sqlalchemy
+from _common import bench_database
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
@@ -222,35 +219,6 @@ def report(cells: list[Cell]) -> tuple[str, list[tuple[bool, str]]]:
 # ====================================================================== database
 
 
-def _check_loopback(url: str) -> None:
-    host = urlsplit(url.replace("+asyncpg", "")).hostname or ""
-    if not host or host.startswith("/") or host == "localhost":
-        return
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return
-    except ValueError:
-        pass
-    raise SystemExit(f"refusing to benchmark {host!r}: only loopback targets (127.0.0.0/8, ::1)")
-
-
-@contextmanager
-def database(url: str | None) -> Iterator[tuple[str, str]]:
-    """Yields (postgresql+asyncpg URL, where it came from)."""
-    url = url or os.environ.get("CONNMAN_BENCH_URL")
-    if url:
-        parsed = connman.parse_url(url)
-        if parsed.dialect != "postgresql":
-            raise SystemExit(f"not a PostgreSQL URL: {parsed.redacted()}")
-        _check_loopback(parsed.key)
-        yield parsed.key, "given URL"
-        return
-    from connman.testing.cluster import LocalCluster
-
-    with LocalCluster() as cluster:
-        yield cluster.url, "throwaway LocalCluster"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds of 0.3 s windows")
@@ -260,8 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (3 if args.quick else 7)
     warmup, duration = (0.1, 0.3) if args.quick else (0.3, 1.5)
     command = "uv run python tests/bench/bench_sqlalchemy.py" + (" --quick" if args.quick else "")
-    with database(args.url) as (url, where):
-        cells = asyncio.run(bench(url, rounds, warmup, duration))
+    with bench_database(args.url) as db:
+        where = db.source
+        cells = asyncio.run(bench(db.url, rounds, warmup, duration))
     table, checks = report(cells)
     print(f"Command: `{command}`")
     print(

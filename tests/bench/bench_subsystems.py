@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
+from _common import bench_database
 
 import connman
 
@@ -191,21 +190,6 @@ def report(
     return "\n".join(lines), ok_peak and ok_ops
 
 
-@contextmanager
-def database(url: str | None) -> Iterator[tuple[str, str]]:
-    url = url or os.environ.get("CONNMAN_BENCH_URL")
-    if url:
-        parsed = connman.parse_url(url)
-        if not parsed.is_local:
-            raise SystemExit("benchmarks run against loopback databases only")
-        yield parsed.connect_dsn(), parsed.key
-        return
-    from connman.testing.cluster import LocalCluster
-
-    with LocalCluster() as cluster:
-        yield cluster.dsn, cluster.url
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds of 1 s")
@@ -213,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=16, help="tasks per subsystem")
     args = parser.parse_args(argv)
     rounds, seconds = (3, 1.0) if args.quick else (7, 2.0)
-    with database(args.url) as (dsn, url):
-        results = asyncio.run(run(dsn, url, rounds=rounds, seconds=seconds, tasks=args.tasks))
+    with bench_database(args.url) as db:
+        results = asyncio.run(run(db.dsn, db.url, rounds=rounds, seconds=seconds, tasks=args.tasks))
     text, ok = report(results, tasks=args.tasks, rounds=rounds, seconds=seconds)
     print(text)
     return 0 if ok else 1

@@ -1,0 +1,302 @@
+"""``connman migrate`` and ``connman verify``.
+
+Exit codes (:mod:`connman.migrate.errors`): 0 everything copied and verified / both
+sides equal; 1 rows rejected or a difference found; 2 usage or configuration error;
+3 the source cannot be read; 4 the target cannot be reached or written; 5 a target
+table's schema is incompatible; 6 the target is full; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from connman.migrate.errors import EXIT_DIFFERENCES, EXIT_OK, MigrationError
+from connman.migrate.report import Progress, format_table
+from connman.resolve import DEFAULT_UNIFIED_URL, portable_url
+from connman.urls import parse_url, redact_text
+
+if TYPE_CHECKING:  # the engine (asyncpg, anyio...) loads when a command runs
+    from connman.migrate.compare import Comparison
+    from connman.migrate.copy import Migration
+
+__all__ = ["default_source", "default_target", "register_cli"]
+
+
+def default_source() -> str:
+    """The protocol's source: the portable SQLite file (XDG_DATA_HOME, else ~/.local/share)."""
+    return portable_url().key
+
+
+def default_target() -> str:
+    """The protocol's target: ``KGENTS_DATABASE_URL`` when it is PostgreSQL, else
+    ``KGENTS_POSTGRES_URL``, else the docker-compose database."""
+    for name in ("KGENTS_DATABASE_URL", "KGENTS_POSTGRES_URL"):
+        value = os.environ.get(name, "").strip()
+        if value and parse_url(value, source=name).dialect == "postgresql":
+            return value
+    return DEFAULT_UNIFIED_URL
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add ``migrate`` and ``verify`` to the ``connman`` command."""
+    m = subparsers.add_parser(
+        "migrate",
+        help="copy kgents storage between SQLite and PostgreSQL (dry run, execute, resume)",
+        description="Copy every table from --from to --to: schema, rows (converted to the "
+        "target's types), then verify. Resumable: run it again after any interruption. "
+        "The source is opened read-only and never changed.",
+    )
+    _endpoints(m)
+    mode = m.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--dry-run", action="store_true", help="plan and check, write nothing")
+    mode.add_argument("--execute", action="store_true", help="create the schema, copy, verify")
+    m.add_argument(
+        "--batch-size", type=_positive, default=5000, metavar="N", help="rows per batch (5000)"
+    )
+    m.add_argument(
+        "--batch-mb",
+        type=_positive,
+        default=16,
+        metavar="MB",
+        help="a batch also ends at this many MB of values (16)",
+    )
+    m.add_argument("--jobs", type=_positive, default=2, help="tables copied at once (2)")
+    m.add_argument("--no-verify", action="store_true", help="skip the verify after --execute")
+    m.add_argument(
+        "--rejects-file",
+        metavar="PATH",
+        default=None,
+        help="where rejected rows are listed (JSON lines; default "
+        "./connman-migrate-rejects-<time>.jsonl, created only if a row is rejected)",
+    )
+    m.set_defaults(run=_run_migrate)
+
+    v = subparsers.add_parser(
+        "verify",
+        help="compare row counts and content checksums of two databases, table by table",
+    )
+    _endpoints(v)
+    v.set_defaults(run=_run_verify)
+
+
+def _endpoints(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--from",
+        dest="source",
+        metavar="URL",
+        default=None,
+        help="source database (default: the portable SQLite file)",
+    )
+    parser.add_argument(
+        "--to",
+        dest="target",
+        metavar="URL",
+        default=None,
+        help="target database (default: KGENTS_DATABASE_URL, KGENTS_POSTGRES_URL, or the "
+        "docker-compose PostgreSQL; the portable file when --from is PostgreSQL)",
+    )
+    parser.add_argument(
+        "--tables",
+        nargs="+",
+        metavar="TABLE",
+        default=None,
+        help="only these tables (names separated by spaces or commas)",
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _urls(args: argparse.Namespace) -> tuple[str, str]:
+    source = args.source or default_source()
+    target = args.target
+    if target is None:
+        from_postgres = parse_url(source, source="--from").dialect == "postgresql"
+        target = default_source() if from_postgres else default_target()
+    return source, target
+
+
+def _tables(args: argparse.Namespace) -> tuple[str, ...] | None:
+    if not args.tables:
+        return None
+    return tuple(n.strip() for part in args.tables for n in part.split(",") if n.strip())
+
+
+def _quiet() -> None:
+    # Failed connects are reported once, as the command's error: not also as pool
+    # warnings (a migration never degrades, so those have nothing to add).
+    from connman import logging as cm_logging
+
+    cm_logging.configure(level="error")
+
+
+def _run_migrate(args: argparse.Namespace) -> int:
+    from connman.migrate.copy import MigrateOptions, migrate
+
+    _quiet()
+    source, target = _urls(args)
+    rejects = args.rejects_file
+    if args.execute and rejects is None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        rejects = os.path.abspath(f"connman-migrate-rejects-{stamp}.jsonl")
+    options = MigrateOptions(
+        source=source,
+        target=target,
+        execute=args.execute,
+        tables=_tables(args),
+        batch_rows=args.batch_size,
+        batch_bytes=args.batch_mb << 20,
+        jobs=args.jobs,
+        verify=not args.no_verify,
+        rejects_path=rejects,
+    )
+    try:
+        result = asyncio.run(migrate(options, progress=Progress(sys.stderr)))
+    except MigrationError as exc:
+        print(f"connman migrate: {redact_text(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    _print_migration(result)
+    if result.rejected:
+        return EXIT_DIFFERENCES
+    if result.verified and not result.verify_ok:
+        return EXIT_DIFFERENCES
+    return EXIT_OK
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from connman.migrate.copy import verify
+
+    _quiet()
+    source, target = _urls(args)
+    try:
+        comparisons = asyncio.run(verify(source, target, tables=_tables(args)))
+    except MigrationError as exc:
+        print(f"connman verify: {redact_text(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    print(f"source  {parse_url(source).redacted()}")
+    print(f"target  {parse_url(target).redacted()}\n")
+    print(_verify_table(comparisons))
+    bad = [c for c in comparisons if not c.ok]
+    unconvertible = sum(c.source.unconvertible for c in comparisons)
+    if unconvertible:
+        print(
+            f"\n{unconvertible:,} source row(s) cannot be converted to the target's types "
+            "(listed by `connman migrate --dry-run`): they exist only in the source."
+        )
+    if bad:
+        print(f"\nDIFFERENCES in {len(bad)} table(s): " + ", ".join(c.table for c in bad))
+        return EXIT_DIFFERENCES
+    print("\nverify passed: every table has the same rows on both sides")
+    return EXIT_OK
+
+
+def _verify_table(comparisons: Sequence[Comparison]) -> str:
+    rows = []
+    for c in comparisons:
+        rows.append(
+            [
+                c.table,
+                c.source.rows,
+                c.target.rows if c.target is not None else "-",
+                c.source.unconvertible,
+                f"{c.source.checksum:016x}",
+                f"{c.target.checksum:016x}" if c.target is not None else "-",
+                c.status,
+            ]
+        )
+    return format_table(
+        [
+            "table",
+            "source rows",
+            "target rows",
+            "unconvertible",
+            "source checksum",
+            "target checksum",
+            "status",
+        ],
+        rows,
+    )
+
+
+def _print_migration(result: Migration) -> None:
+    mode = "execute" if result.executed else "dry run (nothing is written)"
+    print(f"source  {result.source} (read-only)")
+    print(f"target  {result.target}")
+    print(f"mode    {mode}\n")
+    for plan in result.plans:
+        print(
+            f"table {plan.name}: {plan.origin}"
+            + ("" if plan.target_exists else (", created" if result.executed else ", to create"))
+        )
+        print(
+            _indent(
+                format_table(
+                    ["column", "source type", "target type", "why"],
+                    [[c.name, c.source, c.target.describe(), c.why] for c in plan.columns],
+                )
+            )
+        )
+        for note in plan.notes:
+            print(f"  note: {note}")
+        if plan.self_fk is not None:
+            print(f"  order: parents first ({plan.self_fk.column} -> {plan.self_fk.referenced})")
+        print()
+    for name, why in result.skipped.items():
+        print(f"skipped {name}: {why}")
+    rows = []
+    for o in result.outcomes:
+        if result.executed:
+            rows.append([o.name, o.read, o.written, o.present, o.rejected, round(o.seconds, 1)])
+        else:
+            rows.append([o.name, o.read, max(0, o.convertible - o.present), o.present, o.rejected])
+    if result.executed:
+        print(
+            format_table(
+                ["table", "read", "written", "already present", "rejected", "seconds"], rows
+            )
+        )
+    else:
+        print(format_table(["table", "rows", "to copy", "already present", "cannot convert"], rows))
+    for o in result.outcomes:
+        if o.note:
+            print(f"  {o.name}: {o.note}")
+        for key, reason in o.rejects:
+            print(f"  rejected {o.name} {key!r}: {reason}")
+        if o.rejected > len(o.rejects):
+            print(f"  ... and {o.rejected - len(o.rejects):,} more in {o.name}")
+    total = sum(o.read for o in result.outcomes)
+    rate = total / result.seconds if result.seconds else 0.0
+    print(f"\n{total:,} rows in {result.seconds:.1f} s ({rate:,.0f} rows/s)")
+    if result.rejects_path:
+        print(f"rejected rows, with reasons: {result.rejects_path}")
+    if not result.executed:
+        return
+    if result.verified:
+        print()
+        print(_verify_table([o.comparison for o in result.outcomes if o.comparison is not None]))
+    if result.rejected:
+        print(
+            f"\n{result.rejected:,} row(s) could not be migrated and exist only in the source: "
+            "keep the source file."
+        )
+    elif result.verified and result.verify_ok:
+        where = result.source.split(":///", 1)[-1] if result.source.startswith("sqlite") else None
+        print("\nverify passed: every row is on the target.")
+        if where:
+            print(f"The source file is no longer needed; deleting it is your decision: rm {where}")
+    elif result.verified:
+        print("\nverify FAILED: keep the source; see the table above.")
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())

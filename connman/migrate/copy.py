@@ -1,0 +1,569 @@
+"""The migration itself: plan, create, copy every table in dependency order,
+verify. Also the dry run (the same reads and conversions, no writes) and the
+standalone verify.
+
+Per table: the source is streamed in batches (rows and bytes bounded, one batch read
+ahead in a worker thread while the previous one is written), every batch converted
+(:mod:`connman.migrate.convert`), written in its own transaction, and counted:
+read, written, already present, rejected (each rejected row with its key and
+reason, in the rejects file). Independent tables are copied concurrently
+(``jobs``); a table waits for the tables it references. Killed at any point, a run
+leaves whole batches only; the next run finds them (see
+:mod:`connman.migrate.postgres_side`) and finishes the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from connman.migrate.checksum import sql_checksum
+from connman.migrate.compare import Comparison, Side, side_checksum, target_sql
+from connman.migrate.convert import combine
+from connman.migrate.endpoints import Endpoints, open_endpoints, read_batches
+from connman.migrate.errors import MigrationError, SchemaIncompatible, SourceError
+from connman.migrate.kinds import ValueStats
+from connman.migrate.model import Catalog, Table
+from connman.migrate.plan import (
+    TablePlan,
+    catalog_specs,
+    check_compatible,
+    order_tables,
+    plan_table,
+)
+from connman.migrate.postgres_side import PostgresSide, WriteState
+from connman.migrate.report import Progress, RejectsFile
+from connman.migrate.sqlite_side import SqliteFile, SqliteWriter, present_in_file, quote_ident
+
+__all__ = ["MigrateOptions", "Migration", "TableOutcome", "migrate", "verify"]
+
+SAMPLE_REJECTS = 20
+"""Rejected rows kept in memory per table for the printed report (all go to the file)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MigrateOptions:
+    """What to migrate and how."""
+
+    source: str
+    """URL of the source database."""
+    target: str
+    """URL of the target database."""
+    execute: bool = False
+    """False: a dry run (reads both sides, writes nothing anywhere)."""
+    tables: tuple[str, ...] | None = None
+    """Only these tables (default: every table of the source)."""
+    batch_rows: int = 5000
+    batch_bytes: int = 16 << 20
+    """A batch ends at this many bytes of values even below ``batch_rows``."""
+    jobs: int = 2
+    """Tables copied at once (independent ones only)."""
+    verify: bool = True
+    """After ``execute``, verify every table."""
+    rejects_path: str | None = None
+    """Where rejected rows are written (JSON lines); None: nowhere."""
+
+
+@dataclass(slots=True)
+class TableOutcome:
+    """What happened to one table."""
+
+    plan: TablePlan
+    source_rows: int = 0
+    read: int = 0
+    written: int = 0
+    present: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    """Time spent copying (reading, converting, writing, indexes)."""
+    verify_seconds: float = 0.0
+    convertible: int = 0
+    checksum: int = 0
+    rejects: list[tuple[Any, str]] = field(default_factory=list)
+    """The first rejected rows (key, reason)."""
+    note: str | None = None
+    comparison: Comparison | None = None
+
+    @property
+    def name(self) -> str:
+        """The table's name."""
+        return self.plan.name
+
+    def reject(self, key: Any, reason: str, file: RejectsFile) -> None:
+        """Count and record one rejected row."""
+        self.rejected += 1
+        if len(self.rejects) < SAMPLE_REJECTS:
+            self.rejects.append((key, reason))
+        file.write(self.name, key, reason)
+
+
+@dataclass(slots=True)
+class Migration:
+    """The outcome of :func:`migrate`."""
+
+    source: str
+    """Redacted URL."""
+    target: str
+    plans: list[TablePlan]
+    outcomes: list[TableOutcome]
+    skipped: dict[str, str]
+    executed: bool
+    verified: bool = False
+    rejects_path: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def rejected(self) -> int:
+        """Rows rejected in all tables."""
+        return sum(o.rejected for o in self.outcomes)
+
+    @property
+    def verify_ok(self) -> bool:
+        """Every table verified equal."""
+        return self.verified and all(
+            o.comparison is not None and o.comparison.ok for o in self.outcomes
+        )
+
+
+async def migrate(options: MigrateOptions, *, progress: Progress | None = None) -> Migration:
+    """Run a migration (or its dry run); see the module docstring."""
+    started = time.perf_counter()
+    ends = await open_endpoints(options.source, options.target, dry_run=not options.execute)
+    rejects = RejectsFile(options.rejects_path if options.execute else None)
+    try:
+        plans, skipped = await _plan(ends, options.tables)
+        outcomes = [TableOutcome(plan) for plan in plans]
+        if options.execute:
+            for plan in plans:
+                if plan.create:
+                    assert ends.target is not None
+                    await ends.target.create(plan.create)
+        await _run_all(ends, outcomes, options, progress or Progress(), rejects)
+        result = Migration(
+            source=ends.source_url.redacted(),
+            target=ends.target_url.redacted(),
+            plans=plans,
+            outcomes=outcomes,
+            skipped=skipped,
+            executed=options.execute,
+            verified=options.execute and options.verify,
+            rejects_path=options.rejects_path if rejects.count and options.execute else None,
+        )
+    finally:
+        rejects.close()
+        await ends.aclose()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+async def verify(
+    source: str,
+    target: str,
+    *,
+    tables: Sequence[str] | None = None,
+    batch_rows: int = 5000,
+    batch_bytes: int = 32 << 20,
+) -> list[Comparison]:
+    """Compare every table (or ``tables``) of ``source`` with ``target``."""
+    ends = await open_endpoints(source, target, dry_run=True)
+    try:
+        plans, _ = await _plan(ends, tuple(tables) if tables else None, for_verify=True)
+        comparisons = []
+        target_catalog = await ends.target_catalog()
+        for plan in plans:
+            source_side = await _source_side(ends, plan, batch_rows, batch_bytes)
+            if plan.name not in target_catalog.tables:
+                comparisons.append(Comparison(plan.name, source_side, None))
+                continue
+            comparisons.append(await _compare(ends, plan, source_side, batch_rows, batch_bytes))
+        return comparisons
+    finally:
+        await ends.aclose()
+
+
+# -- planning ----------------------------------------------------------------------------
+
+
+async def _plan(
+    ends: Endpoints, wanted: tuple[str, ...] | None, *, for_verify: bool = False
+) -> tuple[list[TablePlan], dict[str, str]]:
+    source = await ends.source_catalog()
+    target = await ends.target_catalog()
+    tables = _select(source, wanted)
+    specs = catalog_specs(source)
+    plans: list[TablePlan] = []
+    problems: list[str] = []
+    for table in order_tables(tables, specs):
+        existing = target.tables.get(table.name)
+        stats = await _stats(ends, table, existing, specs.get(table.name))
+        plan = plan_table(
+            table,
+            source_dialect=ends.source_url.dialect,
+            target_dialect=ends.target_dialect,
+            target=existing,
+            spec=specs.get(table.name),
+            stats=stats,
+        )
+        try:
+            check_compatible(plan, existing, name=ends.target_url.redacted())
+        except SchemaIncompatible as exc:
+            if not for_verify:
+                problems.append(str(exc))
+        plans.append(plan)
+    if problems:
+        raise SchemaIncompatible("\n".join(problems))
+    return plans, dict(source.skipped)
+
+
+def _select(catalog: Catalog, wanted: tuple[str, ...] | None) -> list[Table]:
+    if not wanted:
+        return list(catalog.tables.values())
+    unknown = [name for name in wanted if name not in catalog.tables]
+    if unknown:
+        have = ", ".join(sorted(catalog.tables)) or "none"
+        raise SourceError(f"no table(s) {', '.join(unknown)} in the source (it has: {have})")
+    return [catalog.tables[name] for name in wanted]
+
+
+async def _stats(
+    ends: Endpoints, table: Table, existing: Table | None, spec: Any
+) -> dict[str, ValueStats] | None:
+    """Value statistics for the columns whose type must be inferred (SQLite source
+    columns neither connman's schema nor an existing target table describes)."""
+    if not isinstance(ends.source, SqliteFile) or ends.target_dialect != "postgresql":
+        return None
+    unknown = [
+        c.name
+        for c in table.columns
+        if not c.generated
+        and (existing is None or existing.column(c.name) is None)
+        and (spec is None or c.name not in spec.column_names)
+    ]
+    if not unknown:
+        return None
+    source = ends.source
+    return await anyio.to_thread.run_sync(source.value_stats, table.name, unknown)
+
+
+# -- running ---------------------------------------------------------------------------
+
+
+async def _run_all(
+    ends: Endpoints,
+    outcomes: list[TableOutcome],
+    options: MigrateOptions,
+    progress: Progress,
+    rejects: RejectsFile,
+) -> None:
+    done = {o.name: asyncio.Event() for o in outcomes}
+    names = set(done)
+    slots = asyncio.Semaphore(max(1, options.jobs))
+
+    async def one(outcome: TableOutcome) -> None:
+        plan = outcome.plan
+        deps = set(plan.depends) & names
+        for dep in deps:
+            await done[dep].wait()
+        async with slots:
+            try:
+                await _run_table(ends, outcome, options, progress, rejects)
+            finally:
+                done[outcome.name].set()
+
+    try:
+        async with anyio.create_task_group() as group:
+            for outcome in outcomes:
+                group.start_soon(one, outcome)
+    except BaseExceptionGroup as failed:
+        # One table's failure stops the others: report that failure, not the group.
+        raise _first(failed) from None
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    return next((e for e in leaves if isinstance(e, MigrationError)), leaves[0])
+
+
+async def _count(side: SqliteFile | PostgresSide, table: str) -> int:
+    if isinstance(side, SqliteFile):
+        return await anyio.to_thread.run_sync(side.count, table)
+    return await side.count(table)
+
+
+async def _run_table(
+    ends: Endpoints,
+    outcome: TableOutcome,
+    options: MigrateOptions,
+    progress: Progress,
+    rejects: RejectsFile,
+) -> None:
+    plan = outcome.plan
+    started = time.perf_counter()
+    outcome.source_rows = await _count(ends.source, plan.name)
+    converter = plan.converter(ends.target_dialect)
+    flagged = plan.self_fk is not None
+    key_index = plan.key_index
+    keyed = bool(plan.primary_key)
+    target = ends.target
+
+    copy_rows = options.execute
+    if options.execute and plan.loading and isinstance(target, PostgresSide):
+        await target.create(plan.constraints)
+        plan.constraints = ()
+    if options.execute and not keyed and plan.target_exists:
+        assert target is not None
+        if await _target_count(ends, plan.name) > 0:
+            copy_rows = False
+            outcome.note = (
+                "the target table already has rows and no primary key: nothing copied; "
+                "verify compares them"
+            )
+
+    def prepare(batch: list[tuple[Any, ...]]) -> _Batch:
+        refused: list[tuple[Any, str]] = []
+        if flagged:
+            kept = []
+            for row in batch:
+                if row[-1] and plan.reject_orphans:
+                    assert plan.self_fk is not None
+                    refused.append(
+                        (
+                            _key(row, key_index),
+                            f"{plan.self_fk.column} {_parent(plan, row)!r} is not in the source "
+                            "table (a parent deleted without its children)",
+                        )
+                    )
+                else:
+                    kept.append(row[:-1])
+            batch_rows = kept
+        else:
+            batch_rows = batch
+        prepared = converter.prepare(batch_rows)
+        for index, reason in prepared.rejects:
+            refused.append((_key(batch_rows[index], key_index), reason))
+        return _Batch(len(batch), prepared.rows, prepared.checksum, refused)
+
+    progress.start(plan.name, outcome.source_rows)
+    state = WriteState()
+    sql = plan.source_sql(ends.source_url.dialect)
+    # Two batches in flight on two connections keep the server busy while the next
+    # COPY is being encoded; a parents-first table keeps one, in order.
+    depth = 2 if isinstance(target, PostgresSide) and not flagged else 1
+    inflight: set[asyncio.Task[None]] = set()
+
+    async def settle(limit: int) -> None:
+        while len(inflight) > limit:
+            done, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+            inflight.difference_update(done)
+            for task in done:
+                task.result()  # a failed write stops the table
+
+    try:
+        async for batch in read_batches(
+            ends.source,
+            sql,
+            batch_rows=options.batch_rows,
+            batch_bytes=options.batch_bytes,
+            prepare=prepare,
+        ):
+            outcome.read += batch.read
+            outcome.convertible += len(batch.rows)
+            outcome.checksum = combine(outcome.checksum, batch.checksum)
+            for key, reason in batch.refused:
+                outcome.reject(key, reason, rejects)
+            if batch.rows:
+                if copy_rows:
+                    await settle(depth - 1)
+                    write = _write(ends, plan, outcome, batch.rows, state, rejects)
+                    inflight.add(asyncio.ensure_future(write))
+                    if depth == 1:
+                        await settle(0)
+                elif not options.execute and plan.target_exists and keyed:
+                    outcome.present += await _present(ends, plan, batch.rows)
+            progress.advance(plan.name, batch.read)
+        await settle(0)
+        if flagged and outcome.read < outcome.source_rows:
+            await _unreached(ends, outcome, rejects)
+        if options.execute and target is not None:
+            await _finish(ends, plan)
+    finally:
+        for task in inflight:
+            task.cancel()
+        if inflight:
+            await asyncio.wait(inflight)
+        progress.finish(plan.name)
+    outcome.seconds = time.perf_counter() - started
+    if options.execute and options.verify:
+        started = time.perf_counter()
+        source_side = Side(outcome.convertible, outcome.checksum, outcome.rejected)
+        outcome.comparison = await _compare(
+            ends, plan, source_side, options.batch_rows, options.batch_bytes
+        )
+        outcome.verify_seconds = time.perf_counter() - started
+
+
+@dataclass(slots=True)
+class _Batch:
+    read: int
+    rows: list[tuple[Any, ...]]
+    checksum: int
+    refused: list[tuple[Any, str]]
+
+
+def _key(row: tuple[Any, ...], key_index: Sequence[int]) -> Any:
+    if not key_index:
+        return None
+    if len(key_index) == 1:
+        return row[key_index[0]]
+    return [row[i] for i in key_index]
+
+
+def _parent(plan: TablePlan, row: tuple[Any, ...]) -> Any:
+    assert plan.self_fk is not None
+    return row[plan.column_names.index(plan.self_fk.column)]
+
+
+async def _write(
+    ends: Endpoints,
+    plan: TablePlan,
+    outcome: TableOutcome,
+    rows: list[tuple[Any, ...]],
+    state: WriteState,
+    rejects: RejectsFile,
+) -> None:
+    target = ends.target
+    key_index = plan.key_index
+    if isinstance(target, PostgresSide):
+        written, present, refused = await target.write(
+            plan.name,
+            plan.column_names,
+            rows,
+            key_index=key_index,
+            key_types=plan.key_types,
+            state=state,
+        )
+    else:
+        assert isinstance(target, SqliteWriter)
+        written, refused = await target.write(
+            plan.name, plan.column_names, rows, keyed=bool(plan.primary_key)
+        )
+        present = len(rows) - written - len(refused)
+    outcome.written += written
+    outcome.present += present
+    for index, reason in refused:
+        # Still counted as convertible on the source side: verify shows the gap.
+        outcome.reject(_key(rows[index], key_index), reason, rejects)
+
+
+async def _present(ends: Endpoints, plan: TablePlan, rows: list[tuple[Any, ...]]) -> int:
+    keys = [_key(r, plan.key_index) for r in rows]
+    if len(plan.key_index) > 1:
+        keys = [tuple(k) for k in keys]
+    if isinstance(ends.target, PostgresSide):
+        found = await ends.target.present_keys(plan.name, plan.primary_key, plan.key_types, keys)
+    else:
+        path = ends.target_url.database or ""
+        found = await anyio.to_thread.run_sync(
+            present_in_file, path, plan.name, plan.primary_key, keys
+        )
+    return len(found)
+
+
+async def _target_count(ends: Endpoints, table: str) -> int:
+    target = ends.target
+    if isinstance(target, PostgresSide):
+        return await target.count(table)
+    assert isinstance(target, SqliteWriter)
+    return await target.existing(table, "")
+
+
+async def _unreached(ends: Endpoints, outcome: TableOutcome, rejects: RejectsFile) -> None:
+    sql = outcome.plan.unreached_sql()
+    if sql is None:
+        return
+    source = ends.source
+    if isinstance(source, SqliteFile):
+        rows = await anyio.to_thread.run_sync(source.fetch_all, sql)
+    else:
+        rows = []
+        async for batch in source.stream(sql, batch_rows=10_000, batch_bytes=1 << 20):
+            rows.extend(batch)
+    for (key,) in rows:
+        outcome.read += 1
+        outcome.reject(key, "part of a causal_parent cycle: no parent-first order exists", rejects)
+
+
+async def _finish(ends: Endpoints, plan: TablePlan) -> None:
+    target = ends.target
+    if isinstance(target, PostgresSide):
+        await target.finish(plan.name, plan.after, plan.serial, constraints=plan.constraints)
+    elif isinstance(target, SqliteWriter) and plan.after:
+        await target.create(plan.after)
+
+
+async def _source_side(ends: Endpoints, plan: TablePlan, batch_rows: int, batch_bytes: int) -> Side:
+    flagged = plan.self_fk is not None
+    side = await side_checksum(
+        ends.source,
+        plan.source_sql(ends.source_url.dialect),
+        plan.converter(ends.target_dialect),
+        batch_rows=batch_rows,
+        batch_bytes=batch_bytes,
+        strip_flag=flagged,
+        orphans_unconvertible=plan.reject_orphans,
+    )
+    if flagged:
+        total = await _count(ends.source, plan.name)
+        missing = total - side.rows - side.unconvertible
+        if missing > 0:
+            side = Side(side.rows, side.checksum, side.unconvertible + missing)
+    return side
+
+
+async def _compare(
+    ends: Endpoints, plan: TablePlan, source_side: Side, batch_rows: int, batch_bytes: int
+) -> Comparison:
+    converter = plan.converter(ends.target_dialect)
+    layout = converter.layout
+    if isinstance(ends.target, PostgresSide):
+        # The server sums what it can (no row leaves it); JSON and numeric columns
+        # are read back with their key and summed here.
+        names = [quote_ident(c.name) for c in plan.columns]
+        rows, checksum = await ends.target.aggregate(
+            sql_checksum(quote_ident(plan.name), names, layout)
+        )
+        if layout.hard:
+            positions = list(layout.key + layout.hard)
+            hard = await side_checksum(
+                ends.target,
+                target_sql(plan, positions),
+                converter.subset(positions),
+                batch_rows=batch_rows,
+                batch_bytes=batch_bytes,
+                part="hard",
+            )
+            checksum = combine(checksum, hard.checksum)
+        return Comparison(plan.name, source_side, Side(rows, checksum))
+    reader = SqliteFile(ends.target_url.database or "")
+    target_side = await side_checksum(
+        reader,
+        target_sql(plan),
+        converter,
+        batch_rows=batch_rows,
+        batch_bytes=batch_bytes,
+    )
+    return Comparison(plan.name, source_side, target_side)

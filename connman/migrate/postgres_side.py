@@ -1,0 +1,357 @@
+"""PostgreSQL on either side, through ``migrate`` leases of the ConnectionManager.
+
+**Writing** a batch is one transaction: ``COPY`` (asyncpg's binary
+``copy_records_to_table``) straight into the table. A row whose primary key exists
+already makes that fail with a unique violation, and then the batch is *probed*:
+the keys present are fetched (``JOIN unnest($1::type[])``), those rows are counted
+as already present and left out, and the rest is copied. After a batch that needed
+a probe the next one is probed first, so a resumed run skips the copied part with
+one index lookup per batch and no failed COPY; after a probe that found nothing it
+goes back to plain COPY. A batch the server refuses for a row's content (a foreign
+key, a constraint, an encoding) is split in halves under savepoints until each
+refused row is alone; those are rejected with the server's message, the rest copied.
+
+**Reading** runs one server-side cursor inside a ``REPEATABLE READ READ ONLY``
+transaction: a consistent snapshot, streamed in chunks, never a whole table in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from connman.manager import ConnectionManager
+from connman.migrate.errors import SchemaIncompatible, TargetFull, TargetUnavailable
+from connman.migrate.kinds import from_postgres
+from connman.migrate.model import Catalog, Column, ForeignKey, Table
+from connman.migrate.sqlite_side import approx_size, quote_ident
+from connman.urls import redact_text
+
+__all__ = ["PostgresSide", "WriteState"]
+
+_CONSUMER = "migrate"
+# pg_advisory_xact_lock key of connman's DDL (the adapters' key: one lock for all).
+_LOCK_KEY = int.from_bytes(b"connman", "big")
+
+_ROW_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    TypeError,
+    ValueError,
+    OverflowError,
+)
+"""Errors one row's content can cause: found by bisection, the row rejected."""
+
+_CATALOG_COLUMNS = """
+SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+       a.atthasdef, a.attgenerated <> '' AS generated, a.attnum
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
+ORDER BY c.relname, a.attnum
+"""
+_CATALOG_KEYS = """
+SELECT c.relname, con.contype::text, con.conkey, fc.relname, con.confkey
+FROM pg_constraint con
+JOIN pg_class c ON c.oid = con.conrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_class fc ON fc.oid = con.confrelid
+WHERE n.nspname = current_schema() AND con.contype IN ('p', 'f')
+ORDER BY c.relname, con.conname
+"""
+_CATALOG_COMMENTS = """
+SELECT c.relname, obj_description(c.oid, 'pg_class')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
+"""
+_CATALOG_INDEXES = """
+SELECT tablename, indexname FROM pg_indexes WHERE schemaname = current_schema()
+"""
+
+
+@dataclass(slots=True)
+class WriteState:
+    """Per-table memory of the writer: probe the next batch first?"""
+
+    probe: bool = False
+
+
+class PostgresSide:
+    """A PostgreSQL database as a migration's source or target."""
+
+    dialect = "postgresql"
+
+    def __init__(self, manager: ConnectionManager, url: str) -> None:
+        self._manager = manager
+        self._url = url
+
+    # -- catalogue -------------------------------------------------------------------
+
+    async def catalog(self) -> Catalog:
+        """Every table of the current schema."""
+        async with self._manager.lease(_CONSUMER, url=self._url) as lease:
+            conn = lease.connection
+            columns = await conn.fetch(_CATALOG_COLUMNS)
+            keys = await conn.fetch(_CATALOG_KEYS)
+            indexes = await conn.fetch(_CATALOG_INDEXES)
+            comments = dict(await conn.fetch(_CATALOG_COMMENTS))
+        by_table: dict[str, list[Any]] = {}
+        attnames: dict[tuple[str, int], str] = {}
+        for row in columns:
+            by_table.setdefault(row[0], []).append(row)
+            attnames[(row[0], row[6])] = row[1]
+        catalog = Catalog()
+        for name, rows in by_table.items():
+            primary: tuple[str, ...] = ()
+            fks: list[ForeignKey] = []
+            for table, kind, conkey, ftable, confkey in keys:
+                if table != name:
+                    continue
+                if kind == "p":
+                    primary = tuple(attnames[(name, k)] for k in conkey)
+                elif len(conkey) == 1 and ftable is not None:
+                    fks.append(
+                        ForeignKey(
+                            attnames[(name, conkey[0])], ftable, attnames[(ftable, confkey[0])]
+                        )
+                    )
+            catalog.tables[name] = Table(
+                name=name,
+                columns=tuple(
+                    Column(
+                        name=r[1],
+                        declared=r[2],
+                        nullable=not r[3],
+                        has_default=r[4],
+                        type=from_postgres(r[2]),
+                        generated=r[5],
+                    )
+                    for r in rows
+                ),
+                primary_key=primary,
+                foreign_keys=tuple(fks),
+                indexes=tuple(i[1] for i in indexes if i[0] == name),
+                comment=comments.get(name),
+            )
+        return catalog
+
+    async def count(self, table: str) -> int:
+        """Rows in ``table``."""
+        async with self._manager.lease(_CONSUMER, url=self._url) as lease:
+            return int(
+                await lease.connection.fetchval(f"SELECT count(*) FROM {quote_ident(table)}")
+            )
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def stream(
+        self, sql: str, *, batch_rows: int, batch_bytes: int
+    ) -> AsyncIterator[list[tuple[Any, ...]]]:
+        """Rows of ``sql`` in batches (rows and bytes bounded), from one snapshot."""
+        async with self._manager.lease(_CONSUMER, url=self._url) as lease:
+            conn = lease.connection
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                cursor = await conn.cursor(sql)
+                chunk = 64
+                while True:
+                    batch: list[tuple[Any, ...]] = []
+                    size = 0
+                    while len(batch) < batch_rows and size < batch_bytes:
+                        records = await cursor.fetch(min(chunk, batch_rows - len(batch)))
+                        if not records:
+                            break
+                        rows = list(map(tuple, records))
+                        batch.extend(rows)
+                        got = approx_size(rows)
+                        size += got
+                        room = max(1, (batch_bytes - size) // max(1, got // len(rows)))
+                        chunk = max(1, min(chunk * 2, 2048, room))
+                    if not batch:
+                        return
+                    yield batch
+
+    async def aggregate(self, sql: str) -> tuple[int, int]:
+        """(row count, checksum) from a :func:`connman.migrate.checksum.sql_checksum`
+        query: computed by the server, no row leaves it."""
+        async with self._manager.lease(_CONSUMER, url=self._url) as lease:
+            row = await lease.connection.fetchrow(sql)
+        return int(row[0]), int(row[1]) & ((1 << 64) - 1)
+
+    async def read_only_check(self) -> None:
+        """Connect and look, writing nothing (dry runs)."""
+        async with self._manager.lease(_CONSUMER, url=self._url) as lease:
+            await lease.connection.fetchval("SELECT 1")
+
+    async def present_keys(
+        self, table: str, key_columns: Sequence[str], key_types: Sequence[str], keys: list[Any]
+    ) -> set[Any]:
+        """Which of ``keys`` exist in ``table`` (values for one column, tuples for
+        several), without writing anything."""
+        async with self._manager.lease(_CONSUMER, url=self._url) as lease:
+            return await _probe(lease.connection, table, key_columns, key_types, keys)
+
+    # -- writing ---------------------------------------------------------------------
+
+    async def create(self, statements: Sequence[str]) -> None:
+        """Run DDL in one transaction, serialized with connman's other DDL."""
+        if not statements:
+            return
+        async with self._manager.lease(_CONSUMER, url=self._url) as lease:
+            conn = lease.connection
+            try:
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+                    for statement in statements:
+                        await conn.execute(statement)
+            except asyncpg.PostgresError as exc:
+                raise _classify(exc) from None
+
+    async def write(
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: list[tuple[Any, ...]],
+        *,
+        key_index: Sequence[int],
+        key_types: Sequence[str],
+        state: WriteState,
+    ) -> tuple[int, int, list[tuple[int, str]]]:
+        """Copy ``rows``: (written, already present, [(index, reason) refused])."""
+        key_columns = [columns[i] for i in key_index]
+        async with self._manager.lease(_CONSUMER, url=self._url) as lease:
+            conn = lease.connection
+            try:
+                for _attempt in range(3):
+                    todo = list(range(len(rows)))
+                    present = 0
+                    if key_index and state.probe:
+                        keys = [_key(rows[i], key_index) for i in todo]
+                        found = await _probe(conn, table, key_columns, key_types, keys)
+                        todo = [i for i, k in zip(todo, keys, strict=True) if k not in found]
+                        present = len(rows) - len(todo)
+                        state.probe = present > 0
+                    if not todo:
+                        return 0, present, []
+                    batch = rows if len(todo) == len(rows) else [rows[i] for i in todo]
+                    try:
+                        # One COPY is one transaction by itself (autocommit): no
+                        # BEGIN/COMMIT round trips.
+                        await conn.copy_records_to_table(table, records=batch, columns=columns)
+                        return len(batch), present, []
+                    except asyncpg.UniqueViolationError:
+                        if not key_index:
+                            raise
+                        state.probe = True  # rows exist: probe and retry
+                    except _ROW_ERRORS:
+                        written, dup, refused = await _bisect(conn, table, columns, batch)
+                        return written, present + dup, [(todo[i], why) for i, why in refused]
+                raise TargetUnavailable(f"{table}: rows keep conflicting with concurrent writes")
+            except asyncpg.PostgresError as exc:
+                raise _classify(exc) from None
+
+    async def finish(
+        self,
+        table: str,
+        statements: Sequence[str],
+        serial: str | None,
+        *,
+        constraints: Sequence[str] = (),
+    ) -> None:
+        """After the copy: the keys of a bulk load (one transaction), the indexes,
+        and the sequence of ``serial`` moved past the largest id (never backwards)."""
+        if constraints:
+            await self.create(constraints)
+        async with self._manager.lease(_CONSUMER, url=self._url) as lease:
+            conn = lease.connection
+            try:
+                for statement in statements:
+                    await conn.execute(statement)
+                if serial is not None:
+                    sequence = await conn.fetchval(
+                        "SELECT pg_get_serial_sequence($1, $2)", quote_ident(table), serial
+                    )
+                    if sequence is not None:
+                        await conn.execute(
+                            f"SELECT setval($1, greatest(max({quote_ident(serial)}), "
+                            f"(SELECT last_value FROM {sequence}))) FROM {quote_ident(table)} "
+                            f"HAVING max({quote_ident(serial)}) IS NOT NULL",
+                            sequence,
+                        )
+            except asyncpg.PostgresError as exc:
+                raise _classify(exc) from None
+
+
+def _key(row: tuple[Any, ...], key_index: Sequence[int]) -> Any:
+    if len(key_index) == 1:
+        return row[key_index[0]]
+    return tuple(row[i] for i in key_index)
+
+
+async def _probe(
+    conn: Any, table: str, key_columns: Sequence[str], key_types: Sequence[str], keys: list[Any]
+) -> set[Any]:
+    names = ", ".join(quote_ident(c) for c in key_columns)
+    arrays = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(key_types))
+    sql = (
+        f"SELECT {names} FROM {quote_ident(table)} "
+        f"JOIN unnest({arrays}) AS k({names}) USING ({names})"
+    )
+    if len(key_columns) == 1:
+        return {r[0] for r in await conn.fetch(sql, keys)}
+    args = [list(col) for col in zip(*keys, strict=True)] if keys else [[] for _ in key_columns]
+    return {tuple(r) for r in await conn.fetch(sql, *args)}
+
+
+async def _bisect(
+    conn: Any, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]
+) -> tuple[int, int, list[tuple[int, str]]]:
+    """Copy ``rows`` in halves under savepoints until each refused row is alone.
+    Order is kept (parents before children)."""
+    written = present = 0
+    refused: list[tuple[int, str]] = []
+    async with conn.transaction():
+        stack = [(0, len(rows))]
+        while stack:
+            low, high = stack.pop()
+            try:
+                async with conn.transaction():
+                    await conn.copy_records_to_table(table, records=rows[low:high], columns=columns)
+                written += high - low
+            except asyncpg.UniqueViolationError:
+                if high - low == 1:
+                    present += 1
+                else:
+                    mid = (low + high) // 2
+                    stack += [(mid, high), (low, mid)]
+            except _ROW_ERRORS as exc:
+                if high - low == 1:
+                    refused.append((low, f"refused by the target: {_reason(exc)}"))
+                else:
+                    mid = (low + high) // 2
+                    stack += [(mid, high), (low, mid)]
+    return written, present, refused
+
+
+def _reason(exc: BaseException) -> str:
+    text = redact_text(str(exc)).strip().replace("\n", " ")
+    detail = getattr(exc, "detail", None)
+    if detail:
+        text += f" ({redact_text(str(detail))})"
+    return f"{type(exc).__name__}: {text}" if isinstance(exc, TypeError | ValueError) else text
+
+
+def _classify(exc: asyncpg.PostgresError) -> Exception:
+    text = redact_text(str(exc))
+    state = getattr(exc, "sqlstate", "") or ""
+    if state == "53100" or "no space left" in text.lower():
+        return TargetFull(
+            f"the target is out of disk space ({text}): free space and run the same "
+            "command again; it goes on where it stopped"
+        )
+    if state.startswith("42"):
+        return SchemaIncompatible(f"the target refused the schema: {text}")
+    return TargetUnavailable(f"the target failed: {text}")

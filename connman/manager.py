@@ -356,9 +356,10 @@ class ConnectionManager:
             self._pools[parse_url(wanted.url).key] = pool
             self._default = pool
             return
-        hint = "Start the database (docker compose up -d), fix KGENTS_DATABASE_URL" + (
-            ", or unset KGENTS_STORAGE_STRICT to allow degradation" if not self._degrade else ""
-        )
+        where = "the URL" if wanted.source == "url" else wanted.source
+        hint = f"Start the database (docker compose up -d) or fix {where}"
+        if wanted.strict:
+            hint += ", or unset KGENTS_STORAGE_STRICT to allow degradation"
         raise PoolUnavailable("no storage reachable: " + "; ".join(failures) + ". " + hint)
 
     async def aclose(self, timeout: float = 10.0) -> None:

@@ -16,13 +16,32 @@ from typing import Any
 from connman.config import PoolConfig
 from connman.drivers import driver_for
 from connman.errors import ConfigError, ConnmanError, LeaseError, PoolClosed, PoolUnavailable
-from connman.logging import bind_lease_context, get_logger, unbind_lease_context
+
+# The ContextVars behind structlog.contextvars.bind_contextvars(consumer=, pool=),
+# set directly: a lease binds them on every acquire.
+from connman.logging import _CONSUMER_VAR, _POOL_VAR, get_logger
 from connman.pool import Pool, PooledConnection
 from connman.resolve import Storage, resolve_storage, tier_of
 from connman.stats import PoolObserver, PoolStats
 from connman.urls import DatabaseURL, parse_url
 
 __all__ = ["ConnectionManager", "Lease", "get_manager"]
+
+
+# asyncio's C helper behind get_running_loop(), without the raise when there is none
+# (a Lease compares it with its manager's loop on every lease).
+_running_loop = asyncio.events._get_running_loop
+
+
+class _LeakWatch:
+    """A lease's leak detection: the timer, the stack that took it, when reported."""
+
+    __slots__ = ("handle", "reported", "stack")
+
+    def __init__(self, *, stack: str, handle: asyncio.TimerHandle) -> None:
+        self.stack = stack
+        self.handle = handle
+        self.reported = 0.0
 
 
 class Lease:
@@ -40,14 +59,11 @@ class Lease:
 
     __slots__ = (
         "_full_reset",
-        "_leak_handle",
-        "_leak_reported",
+        "_leak",
         "_log_tokens",
         "_manager",
         "_pool",
         "_pooled",
-        "_raw",
-        "_stack",
         "_state",
         "_timeout",
         "_url",
@@ -63,6 +79,7 @@ class Lease:
         timeout: float | None,
         full_reset: bool,
     ) -> None:
+        # Few attributes, set once: a Lease is made per lease, on the hot path.
         self._manager = manager
         self._pool = pool
         self._url = url
@@ -70,12 +87,9 @@ class Lease:
         self._timeout = timeout
         self._full_reset = full_reset
         self._pooled: PooledConnection | None = None
-        self._raw: Any = None
         self._state = 0  # 0 new, 1 active, 2 ended
-        self._leak_handle: asyncio.TimerHandle | None = None
-        self._leak_reported = 0.0
-        self._stack: str | None = None
-        self._log_tokens: Any = None  # structlog context of an `async with` lease
+        self._leak: _LeakWatch | None = None  # only with leak_threshold set
+        self._log_tokens: tuple[Any, Any] | None = None  # structlog context
 
     # -- what a holder uses ----------------------------------------------------------
 
@@ -88,7 +102,8 @@ class Lease:
                 + ("ended" if self._state == 2 else "not started")
                 + ": take a new lease with manager.lease(...) instead of keeping the old one"
             )
-        return self._raw
+        assert self._pooled is not None
+        return self._pooled.conn.raw
 
     @property
     def connection_state(self) -> dict[object, Any]:
@@ -126,12 +141,21 @@ class Lease:
     # -- lifecycle -------------------------------------------------------------------
 
     async def __aenter__(self) -> Lease:
-        if not self.try_acquire():
+        pool = self._pool
+        if pool is not None and not self._state and self._manager._loop is _running_loop():
+            # The common case inline: no nested coroutine, and an idle connection
+            # taken without any await.
+            pooled = pool.try_acquire(self.consumer)
+            if pooled is None:
+                pooled = await pool.acquire_queued(self.consumer, self._timeout)
+            self._take(pool, pooled)
+        else:
             await self.acquire()
+            pool = self._pool
+            assert pool is not None
         # Events logged inside the block, connman's and the application's, carry the
         # consumer and the pool (structlog's context variables) until the release.
-        assert self._pool is not None
-        self._log_tokens = bind_lease_context(self.consumer, self._pool.name)
+        self._log_tokens = (_CONSUMER_VAR.set(self.consumer), _POOL_VAR.set(pool.name))
         return self
 
     async def __aexit__(
@@ -141,10 +165,26 @@ class Lease:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if not self.release_nowait(failed=exc_type is not None):
-                await self.release(failed=exc_type is not None)
+            failed = exc_type is not None
+            pool, pooled = self._pool, self._pooled
+            if self._state == 1 and not self._full_reset and self._leak is None:
+                assert pool is not None
+                assert pooled is not None
+                self._state = 2
+                self._pooled = None
+                if not pool.release_nowait(pooled, failed=failed):
+                    await pool.release(pooled, failed=failed)
+            else:
+                await self.release(failed=failed)
         finally:
-            unbind_lease_context(self._log_tokens)
+            tokens = self._log_tokens
+            if tokens is not None:
+                self._log_tokens = None
+                try:
+                    _POOL_VAR.reset(tokens[1])
+                    _CONSUMER_VAR.reset(tokens[0])
+                except ValueError:  # ended in another context than it began in
+                    pass
 
     def try_acquire(self) -> bool:
         """The synchronous fast path of :meth:`acquire`, for code that cannot await
@@ -152,11 +192,7 @@ class Lease:
         connection, taken without waiting or I/O; False when nothing happened and
         ``await acquire()`` is needed."""
         pool = self._pool
-        if (
-            self._state
-            or pool is None
-            or self._manager._loop is not asyncio.events._get_running_loop()
-        ):
+        if self._state or pool is None or self._manager._loop is not _running_loop():
             return False
         pooled = pool.try_acquire(self.consumer)
         if pooled is None:
@@ -173,12 +209,12 @@ class Lease:
             return True
         pool = self._pool
         pooled = self._pooled
-        if self._full_reset or self._leak_handle is not None or pool is None or pooled is None:
+        if self._full_reset or self._leak is not None or pool is None or pooled is None:
             return False
         if not pool.release_nowait(pooled, failed=failed):
             return False
         self._state = 2
-        self._pooled = self._raw = None
+        self._pooled = None
         return True
 
     async def acquire(self) -> Lease:
@@ -200,12 +236,14 @@ class Lease:
 
     def _take(self, pool: Pool, pooled: PooledConnection) -> None:
         self._pooled = pooled
-        self._raw = pooled.conn.raw
         self._state = 1
-        threshold = pool.config.leak_threshold
+        threshold = pool.leak_threshold
         if threshold is not None:
-            self._stack = pool.leak_stack()
-            self._leak_handle = asyncio.get_running_loop().call_later(threshold, self._leaked)
+            loop = asyncio.get_running_loop()
+            self._leak = _LeakWatch(
+                stack=pool.leak_stack(),
+                handle=loop.call_later(threshold, self._leaked),
+            )
 
     async def release(self, *, failed: bool = False) -> None:
         """Give the connection back (``async with`` does this). Idempotent.
@@ -217,33 +255,34 @@ class Lease:
             self._state = 2
             return
         self._state = 2
-        pooled, self._pooled, self._raw = self._pooled, None, None
+        pooled, self._pooled = self._pooled, None
+        pool = self._pool
         assert pooled is not None
-        assert self._pool is not None
-        if self._leak_handle is not None:
-            self._leak_handle.cancel()
-            if self._leak_reported:
-                held = asyncio.get_running_loop().time() - self._leak_reported
+        assert pool is not None
+        leak, self._leak = self._leak, None
+        if leak is not None:
+            leak.handle.cancel()
+            if leak.reported:
+                held = asyncio.get_running_loop().time() - leak.reported
                 self._pool_log().warning(
                     "lease_returned_after_leak",
                     consumer=self.consumer,
-                    held_seconds=round(held + (self._pool.config.leak_threshold or 0), 3),
+                    held_seconds=round(held + (pool.leak_threshold or 0), 3),
                 )
-        pool = self._pool
         if self._full_reset or not pool.release_nowait(pooled, failed=failed):
             await pool.release(pooled, failed=failed, full_reset=self._full_reset)
 
     def _leaked(self) -> None:
-        pool = self._pool
-        if pool is None or self._state != 1:
+        pool, leak = self._pool, self._leak
+        if pool is None or leak is None or self._state != 1:
             return
-        self._leak_reported = asyncio.get_running_loop().time()
+        leak.reported = asyncio.get_running_loop().time()
         pool.note_leak(self.consumer)
         self._pool_log().warning(
             "lease_leak_suspected",
             consumer=self.consumer,
-            held_seconds=pool.config.leak_threshold,
-            stack=self._stack,
+            held_seconds=pool.leak_threshold,
+            stack=leak.stack,
         )
 
     def _pool_log(self) -> Any:

@@ -122,6 +122,7 @@ class Pool:
         if url.is_memory:
             self._min_size = max(self._min_size, 1)
         self._check_after = config.health_check_after
+        self.leak_threshold = config.leak_threshold
 
         self._idle: list[PooledConnection] = []  # LIFO: hot connections stay hot
         self._waiters: deque[_Waiter] = deque()
@@ -131,7 +132,10 @@ class Pool:
         self._connecting = 0
         self._closing_conns = 0
         self._counters = dict.fromkeys(S.COUNTERS, 0)
-        self._acquired = 0  # the hot counter, kept out of the dict
+        # The hot counters, kept out of the dict (merged in stats()).
+        self._acquired = 0
+        self._waited = 0
+        self._acquire_timeout = config.acquire_timeout
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
 
@@ -280,7 +284,7 @@ class Pool:
         assert loop is not None
         # Deadlines are on the loop's clock: the pool's one deadline timer uses it.
         started = loop.time()
-        deadline = started + (self.config.acquire_timeout if timeout is None else timeout)
+        deadline = started + (self._acquire_timeout if timeout is None else timeout)
         front = False
         while True:
             waiter = _Waiter(consumer, loop.create_future(), deadline, started)
@@ -294,7 +298,7 @@ class Pool:
             future = waiter.future
             if not future.done():
                 if not front:
-                    self._counters[S.WAITED] += 1
+                    self._waited += 1
                 if len(self._idle) + self._in_use + self._connecting < self._max_size:
                     self._grow()
                 if deadline < self._timer_at:
@@ -421,11 +425,18 @@ class Pool:
                     del consumers[consumer]
                 if self._observer is not None:
                     self._observer.lease_released(self.name, consumer, now - pooled.leased_at)
-            self._in_use -= 1
             pooled.last_used = now
-            self._idle.append(pooled)
-            if self._n_waiting:
-                self._dispatch()
+            waiter = self._next_waiter() if self._n_waiting else None
+            if waiter is None:
+                self._in_use -= 1
+                self._idle.append(pooled)
+            else:
+                # Straight to the oldest eligible waiter: it stays in use.
+                consumer = waiter.consumer
+                pooled.consumer = consumer
+                self._consumers[consumer] = self._consumers.get(consumer, 0) + 1
+                self._n_waiting -= 1
+                waiter.future.set_result(pooled)
             return True
         if verdict == BROKEN:  # lost mid-use: nothing to say to the server
             self._lease_ended(pooled, now)
@@ -544,6 +555,17 @@ class Pool:
             consumers[consumer] = consumers.get(consumer, 0) + 1
             self._n_waiting -= 1
             waiter.future.set_result(pooled)
+
+    def _next_waiter(self) -> _Waiter | None:
+        """Take the oldest waiter that may be served now (None if there is none)."""
+        if self._limits:
+            return self._pop_eligible()
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.future.done():
+                return waiter
+        return None
 
     def _pop_eligible(self) -> _Waiter | None:
         waiters = self._waiters
@@ -795,7 +817,7 @@ class Pool:
             consumers=dict(self._consumers),
             waiting_by_consumer=waiting_by,
             consumer_limits=dict(self._limits),
-            counters={**self._counters, S.ACQUIRED: self._acquired},
+            counters={**self._counters, S.ACQUIRED: self._acquired, S.WAITED: self._waited},
             last_error=self._last_error if self._failing else None,
             closed=self._closing,
         )

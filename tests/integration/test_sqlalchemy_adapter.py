@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sqlite3
+import uuid
 from argparse import Namespace
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -68,13 +69,23 @@ async def backend_of(conn: AsyncConnection) -> object:
     if conn.dialect.name == "postgresql":
         return (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
     raw = await conn.get_raw_connection()
-    return id(raw.driver_connection)
+    return _identity(raw.driver_connection)
 
 
 async def lease_backend(lease: connman.Lease) -> object:
     if lease.dialect == "postgresql":
         return await lease.connection.fetchval("SELECT pg_backend_pid()")
-    return id(lease.connection)
+    return _identity(lease.connection)
+
+
+def _identity(connection: Any) -> str:
+    """A tag that names one connection object for good (id() is reused once the
+    object is freed, so a replaced connection could look like the old one)."""
+    tag: str | None = getattr(connection, "_test_identity", None)
+    if tag is None:
+        tag = uuid.uuid4().hex
+        connection._test_identity = tag
+    return tag
 
 
 def lease_in_transaction(lease: connman.Lease) -> bool:

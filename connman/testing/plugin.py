@@ -74,11 +74,14 @@ def start_container() -> tuple[str, Any]:
     cannot (no testcontainers, no Docker engine, image absent: never pulled here)."""
     try:
         import docker
-        from testcontainers.postgres import PostgresContainer
     except ImportError:
         raise RuntimeError(
             "testcontainers is not installed (pip install 'connman[testing]')"
         ) from None
+    try:  # testcontainers >= 4.14 moved the module; older releases have only the old path
+        from testcontainers.community.postgres import PostgresContainer
+    except ImportError:
+        from testcontainers.postgres import PostgresContainer
     image = os.environ.get("CONNMAN_TEST_POSTGRES_IMAGE", "").strip() or _DEFAULT_IMAGE
     try:
         client = docker.from_env(timeout=5)

@@ -8,11 +8,16 @@ Resolve storage once (:func:`resolve_storage`), keep one pool per database
 from connman.config import PoolConfig
 from connman.errors import (
     AcquireTimeout,
+    AdapterError,
+    CausalParentMissing,
     ConfigError,
     ConnmanError,
+    DatumConflict,
+    InvalidInput,
     LeaseError,
     PoolClosed,
     PoolUnavailable,
+    QueryParameterError,
 )
 from connman.manager import ConnectionManager, Lease, get_manager
 from connman.resolve import Storage, Tier, resolve_storage
@@ -21,10 +26,14 @@ from connman.urls import DatabaseURL, parse_url, redact_text
 
 __all__ = [
     "AcquireTimeout",
+    "AdapterError",
+    "CausalParentMissing",
     "ConfigError",
     "ConnectionManager",
     "ConnmanError",
     "DatabaseURL",
+    "DatumConflict",
+    "InvalidInput",
     "Lease",
     "LeaseError",
     "PoolClosed",
@@ -32,6 +41,7 @@ __all__ = [
     "PoolObserver",
     "PoolStats",
     "PoolUnavailable",
+    "QueryParameterError",
     "Storage",
     "Tier",
     "get_manager",

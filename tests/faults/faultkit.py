@@ -93,8 +93,8 @@ async def backends(admin: asyncpg.Connection, app: str) -> int:
 async def wait_until(
     check: Callable[[], Awaitable[T] | T],
     *,
-    timeout: float,
-    what: str,
+    timeout: float = 10.0,
+    what: str = "the condition",
     interval: float = 0.01,
 ) -> T:
     """Poll ``check`` (sync or async) until it returns a truthy value; fail with

@@ -13,6 +13,9 @@ from typing import Any
 import anyio
 
 from connman import logging as cm_logging
+from tests.faults.faultkit import wait_until
+
+__all__ = ["RecordingObserver", "captured_logs", "wait_until"]
 
 
 class RecordingObserver:
@@ -56,13 +59,6 @@ class RecordingObserver:
             while not predicate():
                 self._changed.clear()
                 await self._changed.wait()
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Yield to the loop until ``predicate()`` holds (for state changed by other tasks)."""
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from connman.adapters.sqlalchemy import create_async_engine
 from connman.cli import main
 from connman.coherence import check_coherence
 from connman.schema.models import BrainSettings
-from tests.faults.faultkit import PeakMonitor
+from tests.faults.faultkit import PeakMonitor, wait_until
 
 TASKS = 16
 OPS = 8
@@ -123,9 +123,8 @@ async def test_capped_sqlalchemy_cannot_starve_dgent(url: str) -> None:
         held = [await checkout() for _ in range(2)]  # sqlalchemy at its limit
         blocked = [asyncio.get_running_loop().create_task(checkout()) for _ in range(4)]
         try:
+            await wait_until(lambda: pool.stats().waiting_by_consumer.get("sqlalchemy", 0) == 4)
             with anyio.fail_after(10):
-                while pool.stats().waiting_by_consumer.get("sqlalchemy", 0) < 4:
-                    await asyncio.sleep(0.005)
                 # Four SQLAlchemy checkouts wait ahead of D-gent; D-gent is not held up.
                 async with anyio.create_task_group() as tg:
                     for i in range(16):

@@ -16,10 +16,7 @@ from typing import Any
 from connman.config import PoolConfig
 from connman.drivers import driver_for
 from connman.errors import ConfigError, ConnmanError, LeaseError, PoolClosed, PoolUnavailable
-
-# The ContextVars behind structlog.contextvars.bind_contextvars(consumer=, pool=),
-# set directly: a lease binds them on every acquire.
-from connman.logging import _CONSUMER_VAR, _POOL_VAR, get_logger
+from connman.logging import bind_lease_context, get_logger, unbind_lease_context
 from connman.pool import Pool, PooledConnection
 from connman.resolve import Storage, resolve_storage, tier_of
 from connman.stats import PoolObserver, PoolStats
@@ -155,7 +152,7 @@ class Lease:
             assert pool is not None
         # Events logged inside the block, connman's and the application's, carry the
         # consumer and the pool (structlog's context variables) until the release.
-        self._log_tokens = (_CONSUMER_VAR.set(self.consumer), _POOL_VAR.set(pool.name))
+        self._log_tokens = bind_lease_context(self.consumer, pool.name)
         return self
 
     async def __aexit__(
@@ -177,14 +174,8 @@ class Lease:
             else:
                 await self.release(failed=failed)
         finally:
-            tokens = self._log_tokens
-            if tokens is not None:
-                self._log_tokens = None
-                try:
-                    _POOL_VAR.reset(tokens[1])
-                    _CONSUMER_VAR.reset(tokens[0])
-                except ValueError:  # ended in another context than it began in
-                    pass
+            tokens, self._log_tokens = self._log_tokens, None
+            unbind_lease_context(tokens)
 
     def try_acquire(self) -> bool:
         """The synchronous fast path of :meth:`acquire`, for code that cannot await

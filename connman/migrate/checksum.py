@@ -4,28 +4,30 @@ PostgreSQL.
 A table's checksum is the sum, mod 2**64, of one 64-bit number per row: the first 8
 bytes (big-endian) of a SHA-256 over the row's canonical bytes. A sum, so that each
 side may be read in whatever order is cheap for it (PostgreSQL need not sort keys as
-SQLite does). The canonical bytes of a row are the lengths of its values, each a
-4-byte big-endian signed integer (-1 for NULL), followed by the values' bytes, where
-a value's bytes depend on its kind only:
+SQLite does). The canonical bytes of a row are the row as PostgreSQL's binary COPY
+format writes it: the column count (int16), then per value its length (int32, -1 for
+NULL) and its binary send form, which depends on the target column's type:
 
-=========  ======================================  ==================================
-kind       bytes                                   PostgreSQL expression
-=========  ======================================  ==================================
-text       UTF-8                                   ``convert_to(c, 'UTF8')``
-bytes      as is                                   ``c``
-int        decimal digits                          ``convert_to(c::text, 'UTF8')``
-float      IEEE 754, big-endian (8 or 4 bytes)     ``float8send(c)`` / ``float4send(c)``
-bool       one byte, 1 or 0                        ``boolsend(c)``
-datetime   microseconds since 1970 UTC, int64      ``int8send(round(extract(epoch ...``
-date       days since 1970-01-01, int32            ``int4send(c - DATE '1970-01-01')``
-=========  ======================================  ==================================
+=========  ===============================================  =======================
+kind       bytes                                            PostgreSQL expression
+=========  ===============================================  =======================
+text       UTF-8                                            ``textsend(c)``
+bytes      as is                                            ``c``
+int        2, 4 or 8 bytes (the column's width), big-endian ``int2send(c)``...
+float      IEEE 754, big-endian (8 bytes, or 4 for real)    ``float8send(c)``...
+bool       one byte, 1 or 0                                 ``boolsend(c)``
+datetime   int64 microseconds since 2000-01-01 (UTC)        ``timestamptz_send(c)``
+date       int32 days since 2000-01-01                      ``date_send(c)``
+=========  ===============================================  =======================
 
-So a PostgreSQL target computes its side with one aggregate query (no row leaves the
-server; a parallel scan on big tables), while the source side is hashed in Python as
-the rows stream past during the copy. JSON and numeric columns have no such
-expression (``jsonb`` reorders keys and respells numbers): they are hashed apart,
-per row with the row's key, from values read back and canonicalized in Python
-(:mod:`connman.migrate.convert`). A table's checksum is the sum of both parts.
+Why that form: a copy into PostgreSQL sends exactly these bytes
+(:mod:`connman.migrate.pgcopy`), so the source side is hashed from slices of the COPY
+data itself, with no second encoding of any value; and the target side is one
+aggregate query (no row leaves the server; a parallel scan on big tables). JSON and
+numeric columns have no such stable form (``jsonb`` reorders keys and respells
+numbers): they are hashed apart, per row with the row's key, from values read back
+and canonicalized in Python (:mod:`connman.migrate.convert`). A table's checksum is
+the sum of both parts.
 """
 
 from __future__ import annotations
@@ -33,23 +35,26 @@ from __future__ import annotations
 import operator
 import struct
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from hashlib import sha256
+from itertools import repeat
 from typing import Any
 
 from connman.migrate.kinds import ColumnType
+from connman.migrate.pgcopy import encode_column, utf8
 
-__all__ = ["MASK", "Layout", "layout_for", "row_sum", "sql_checksum"]
+__all__ = ["MASK", "Layout", "column_sum", "layout_for", "row_sum", "sql_checksum", "sum_digests"]
 
 MASK = (1 << 64) - 1
-_DOUBLE = struct.Struct(">d").pack
-_SINGLE = struct.Struct(">f").pack
-_INT64 = struct.Struct(">q").pack
+_INT16 = struct.Struct(">h").pack
 _INT32 = struct.Struct(">i").pack
-_EPOCH_DAY = 719163  # date(1970, 1, 1).toordinal()
+_INT64 = struct.Struct(">q").pack
+_PG_EPOCH_DAY = 730120  # date(2000, 1, 1).toordinal(): PostgreSQL's epoch
+_PG_EPOCH_MICROS = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970
 _digest = operator.methodcaller("digest")
 _HARD = frozenset({"json", "numeric"})
+_BIG_ENDIAN = struct.pack("=Q", 1) == struct.pack(">Q", 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,69 +88,76 @@ def row_sum(layout: Layout, rows: Sequence[tuple[Any, ...]], *, part: str = "all
     return column_sum(layout, list(zip(*rows, strict=True)), part=part)
 
 
-def column_sum(layout: Layout, columns: Sequence[Sequence[Any]], *, part: str = "all") -> int:
-    """:func:`row_sum` of rows given column by column (what the converter has)."""
+def column_sum(
+    layout: Layout,
+    columns: Sequence[Sequence[Any]],
+    *,
+    part: str = "all",
+    shared: Mapping[int, tuple[list[bytes], list[bytes]]] | None = None,
+) -> int:
+    """:func:`row_sum` of rows given column by column (what the converter has).
+    ``shared``: columns already encoded (bytes, int32 lengths) in exactly the form
+    hashed here (the binary COPY form of the same values)."""
     if not columns or not columns[0]:
         return 0
     total = 0
+    known = shared or {}
     if part in ("easy", "all") and layout.easy:
-        total += _sum_digests(_rows_bytes(layout, columns, layout.easy))
+        total += sum_digests(_rows_bytes(layout, columns, layout.easy, known))
     if part in ("hard", "all") and layout.hard:
-        total += _sum_digests(_rows_bytes(layout, columns, layout.key + layout.hard))
+        total += sum_digests(_rows_bytes(layout, columns, layout.key + layout.hard, known))
     return total & MASK
 
 
-def _rows_bytes(
-    layout: Layout, columns: Sequence[Sequence[Any]], positions: Sequence[int]
-) -> list[bytes]:
-    # Column by column, then one C-level call per row for the header and one for the
-    # join: the per-row Python work of a naive loop would cost more than the hashing.
-    encoded: list[list[bytes]] = []
-    lengths: list[list[int]] = []
-    for i in positions:
-        data, sizes = _encode(layout.types[i], columns[i])
-        encoded.append(data)
-        lengths.append(sizes)
-    header = struct.Struct(f">{len(positions)}i").pack
-    headers = list(map(header, *lengths))
-    return list(map(b"".join, zip(headers, *encoded, strict=True)))
-
-
-def _sum_digests(blobs: list[bytes]) -> int:
-    digests = b"".join(map(_digest, map(sha256, blobs)))
+def sum_digests(rows: Iterable[bytes | memoryview]) -> int:
+    """The sum of the rows' 64-bit digests (not yet reduced mod 2**64), from their
+    canonical bytes (any buffer: slices of COPY data do)."""
+    digests = b"".join(map(_digest, map(sha256, rows)))
     words = array("Q", memoryview(digests).cast("Q")[::4])  # first 8 bytes of each
-    if struct.pack("=Q", 1) != struct.pack(">Q", 1):
+    if not _BIG_ENDIAN:
         words.byteswap()  # read them big-endian, as PostgreSQL's bit(64) does
     return sum(words)
 
 
-def _encode(kind: ColumnType, values: Sequence[Any]) -> tuple[list[bytes], list[int]]:
-    """The bytes of each value (b"" for NULL) and their lengths (-1 for NULL)."""
-    encode: Callable[[Any], bytes] = (
-        _SINGLE if kind.kind == "float" and kind.single else _ENCODERS[kind.kind]
-    )
-    if None in values:
-        data = [b"" if v is None else encode(v) for v in values]
-        sizes = [-1 if v is None else len(d) for v, d in zip(values, data, strict=True)]
-        return data, sizes
-    data = list(map(encode, values))
-    return data, list(map(len, data))
+def _rows_bytes(
+    layout: Layout,
+    columns: Sequence[Sequence[Any]],
+    positions: Sequence[int],
+    shared: Mapping[int, tuple[list[bytes], list[bytes]]],
+) -> Iterator[bytes]:
+    # Column by column, then one C-level join per row: the per-row Python work of a
+    # naive loop would cost more than the hashing.
+    pieces: list[Iterable[bytes]] = [repeat(_INT16(len(positions)))]
+    for i in positions:
+        data, sizes = shared[i] if i in shared else _encode(layout.types[i], columns[i])
+        pieces += (sizes, data)
+    return map(b"".join, zip(*pieces, strict=False))  # repeat() never ends
 
 
-def _text(value: str) -> bytes:
-    return value.encode("utf-8", "surrogatepass")
+def _encode(kind: ColumnType, values: Sequence[Any]) -> tuple[list[bytes], list[bytes]]:
+    """The bytes of each canonical value (b"" for NULL) and their lengths as int32
+    (-1 for NULL): the encoding a binary COPY uses."""
+    return encode_column(_encoder(kind), values)
+
+
+def _encoder(kind: ColumnType) -> Callable[[Any], bytes]:
+    if kind.kind == "int":
+        return {16: _INT16, 32: _INT32}.get(kind.int_bits, _INT64)
+    if kind.kind == "float":
+        return struct.Struct(">f" if kind.single else ">d").pack
+    return _ENCODERS[kind.kind]
 
 
 def _bool(value: bool) -> bytes:
     return b"\x01" if value else b"\x00"
 
 
-def _decimal(value: Any) -> bytes:
-    return str(value).encode()
+def _micros(value: int) -> bytes:
+    return _INT64(value - _PG_EPOCH_MICROS)
 
 
 def _date(value: int) -> bytes:
-    return _INT32(value - _EPOCH_DAY)
+    return _INT32(value - _PG_EPOCH_DAY)
 
 
 def _as_bytes(value: Any) -> bytes:
@@ -153,36 +165,48 @@ def _as_bytes(value: Any) -> bytes:
 
 
 _ENCODERS: dict[str, Callable[[Any], bytes]] = {
-    "text": _text,
+    "text": utf8,
     "bytes": bytes,
-    "int": _decimal,
-    "float": _DOUBLE,
     "bool": _bool,
-    "datetime": _INT64,
+    "datetime": _micros,
     "date": _date,
+    # Hashed in Python on both sides (never by PostgreSQL): any stable bytes do.
     "json": _as_bytes,
     "numeric": _as_bytes,
 }
 
 
 def _sql_value(quoted: str, kind: ColumnType) -> str:
-    if kind.kind == "text":
-        inner = f"convert_to({quoted}::text, 'UTF8')"
-    elif kind.kind == "bytes":
-        inner = quoted
-    elif kind.kind == "int":
-        inner = f"convert_to({quoted}::text, 'UTF8')"
+    """The column's length and bytes as one bytea (int32 -1 alone for NULL)."""
+    null = "'\\xffffffff'::bytea"
+    if kind.kind in ("text", "bytes"):
+        value = f"{quoted}::text" if kind.kind == "text" else f"{quoted}::bytea"
+        data = f"textsend({value})" if kind.kind == "text" else value
+        # octet_length of a text is its UTF-8 size in a UTF-8 database (what
+        # connman requires of a target); of a stored value it reads no data.
+        return f"coalesce(int4send(octet_length({value})) || {data}, {null})"
+    if kind.kind == "int":
+        width, send = {16: (2, "int2send(%s::int2)"), 32: (4, "int4send(%s::int4)")}.get(
+            kind.int_bits, (8, "int8send(%s::int8)")
+        )
     elif kind.kind == "float":
-        inner = f"float4send({quoted})" if kind.single else f"float8send({quoted})"
+        width, send = (
+            (4, "float4send(%s::float4)") if kind.single else (8, "float8send(%s::float8)")
+        )
     elif kind.kind == "bool":
-        inner = f"boolsend({quoted})"
+        width, send = 1, "boolsend(%s::bool)"
     elif kind.kind == "datetime":
-        inner = f"int8send(round(extract(epoch FROM {quoted}) * 1000000)::int8)"
+        width = 8
+        send = (
+            "timestamptz_send(%s::timestamptz)"
+            if kind.timezone
+            else "timestamp_send(%s::timestamp)"
+        )
     elif kind.kind == "date":
-        inner = f"int4send(({quoted} - DATE '1970-01-01')::int4)"
+        width, send = 4, "date_send(%s::date)"
     else:
         raise ValueError(f"no SQL checksum for {kind.kind}")
-    return inner
+    return f"coalesce('\\x{width:08x}'::bytea || {send % quoted}, {null})"
 
 
 def sql_checksum(table: str, names: Sequence[str], layout: Layout) -> str:
@@ -192,7 +216,6 @@ def sql_checksum(table: str, names: Sequence[str], layout: Layout) -> str:
     if not layout.easy:
         return f"SELECT count(*), 0 FROM {table}"
     values = [_sql_value(names[i], layout.types[i]) for i in layout.easy]
-    header = [f"int4send(coalesce(octet_length({v}), -1))" for v in values]
-    row = " || ".join(header + [f"coalesce({v}, ''::bytea)" for v in values])
-    digest = f"('x' || encode(substr(sha256({row}), 1, 8), 'hex'))::bit(64)::bigint"
-    return f"SELECT count(*), coalesce(sum({digest}), 0) FROM {table}"
+    row = " || ".join([f"'\\x{len(values):04x}'::bytea", *values])
+    word = f"('x' || encode(substr(sha256({row}), 1, 8), 'hex'))::bit(64)::bigint"
+    return f"SELECT count(*), coalesce(sum({word}), 0) FROM {table}"

@@ -66,7 +66,7 @@ def register_cli(subparsers: Any) -> None:
         metavar="MB",
         help="a batch also ends at this many MB of values (16)",
     )
-    m.add_argument("--jobs", type=_positive, default=2, help="tables copied at once (2)")
+    m.add_argument("--jobs", type=_positive, default=1, help="tables copied at once (1)")
     m.add_argument("--no-verify", action="store_true", help="skip the verify after --execute")
     m.add_argument(
         "--rejects-file",

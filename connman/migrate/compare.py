@@ -83,11 +83,13 @@ async def side_checksum(
     strip_flag: bool = False,
     orphans_unconvertible: bool = False,
     part: str = "all",
+    raw_text: bool = False,
 ) -> Side:
     """Stream ``sql`` on ``side`` and sum the canonical rows. ``strip_flag``: the
     query ends with the "orphan" column of a parents-first read (dropped; with
     ``orphans_unconvertible`` those rows count as unconvertible, as the migration
-    rejects them)."""
+    rejects them). ``raw_text``: SQLite text is read as UTF-8 bytes (see
+    :meth:`connman.migrate.sqlite_side.SqliteFile.stream`)."""
 
     def measure(batch: list[tuple[Any, ...]]) -> tuple[int, int, int]:
         orphans = 0
@@ -104,7 +106,12 @@ async def side_checksum(
     total = unconvertible = 0
     checksum = 0
     async for rows, piece, bad in read_batches(
-        side, sql, batch_rows=batch_rows, batch_bytes=batch_bytes, prepare=measure
+        side,
+        sql,
+        batch_rows=batch_rows,
+        batch_bytes=batch_bytes,
+        prepare=measure,
+        raw_text=raw_text,
     ):
         total += rows
         unconvertible += bad

@@ -31,8 +31,9 @@ from decimal import Decimal, InvalidOperation
 from itertools import repeat
 from typing import Any
 
-from connman.migrate.checksum import MASK, column_sum, layout_for
+from connman.migrate.checksum import MASK, column_sum, layout_for, sum_digests
 from connman.migrate.kinds import ColumnType
+from connman.migrate.pgcopy import CopyRows, Encoded, Encoder, encode_column
 
 __all__ = [
     "CHECKSUM_BITS",
@@ -84,18 +85,37 @@ class Prepared:
     """Sum of the accepted rows' digests (mod 2**64): see :mod:`connman.migrate.checksum`."""
     rejects: list[tuple[int, str]] = field(default_factory=list)
     """(index in the source batch, reason) of each rejected row."""
+    encoded: CopyRows | None = None
+    """The accepted rows in PostgreSQL's binary COPY format, when the converter was
+    given encoders (:mod:`connman.migrate.pgcopy`)."""
 
 
 class RowConverter:
     """Converts batches of rows of one table (columns in plan order) and sums their
     canonical values (:mod:`connman.migrate.checksum`)."""
 
-    __slots__ = ("columns", "key", "layout")
+    __slots__ = ("columns", "copy", "key", "layout", "shareable")
 
-    def __init__(self, columns: Sequence[ColumnConverter], key: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        columns: Sequence[ColumnConverter],
+        key: Sequence[int] = (),
+        *,
+        copy: Sequence[Encoder] | None = None,
+    ) -> None:
+        """``copy``: the binary COPY encoder of each column (see
+        :mod:`connman.migrate.pgcopy`); each batch is then also encoded for COPY."""
         self.columns = tuple(columns)
         self.key = tuple(key)
         self.layout = layout_for([c.column_type for c in self.columns], self.key)
+        self.copy = tuple(copy) if copy is not None else None
+        # Columns whose COPY bytes are the checksum's bytes for the same values: one
+        # encoding serves both.
+        self.shareable = tuple(
+            i
+            for i, c in enumerate(self.columns)
+            if c.column_type.kind in ("text", "bytes", "float", "bool", "int")
+        )
 
     def subset(self, positions: Sequence[int]) -> RowConverter:
         """The converter of only the columns at ``positions`` (the key's among them
@@ -144,10 +164,22 @@ class RowConverter:
             canon = [[values[j] for j in keep] for values in canon]
             source = zip(*driver, strict=True) if changed else rows
             out = [row for j, row in enumerate(source) if j not in bad]
+            driver = list(zip(*out, strict=True)) if out else []
         else:  # nothing converted: the rows are their own driver values
             out = list(zip(*driver, strict=True)) if changed else list(rows)
-        checksum = column_sum(self.layout, canon, part=part)
-        return Prepared(out, checksum, sorted(bad.items()))
+        encoded: CopyRows | None = None
+        shared: dict[int, Encoded] = {}
+        if self.copy is not None and out:
+            columns = [encode_column(e, v) for e, v in zip(self.copy, driver, strict=True)]
+            encoded = CopyRows.from_columns(columns)
+            shared = {i: columns[i] for i in self.shareable if driver[i] is canon[i]}
+        if encoded is not None and not self.layout.hard and part == "all":
+            # Every column has its canonical form in the COPY data: hash the rows
+            # there (checksum.py), nothing is encoded twice.
+            checksum = sum_digests(encoded.rows()) & MASK
+        else:
+            checksum = column_sum(self.layout, canon, part=part, shared=shared)
+        return Prepared(out, checksum, sorted(bad.items()), encoded)
 
     def canonical(
         self, rows: Sequence[tuple[Any, ...]], *, part: str = "all"
@@ -167,15 +199,26 @@ def combine(a: int, b: int) -> int:
 
 
 def converter_for(
-    name: str, column: ColumnType, *, target: str, nullable: bool = True
+    name: str,
+    column: ColumnType,
+    *,
+    target: str,
+    nullable: bool = True,
+    raw_text: bool = False,
 ) -> ColumnConverter:
     """The converter into ``column`` on the ``target`` dialect (``postgresql`` or
-    ``sqlite``)."""
+    ``sqlite``). ``raw_text``: text arrives as UTF-8 bytes (read from SQLite as
+    blobs) and stays bytes, checked, for a binary COPY into PostgreSQL."""
     postgres = target == "postgresql"
     kind = column.kind
     check: Callable[[Sequence[Any]], bool] | None = None
     passthrough: frozenset[type[Any]]
     convert: Convert
+    if kind == "text" and raw_text and postgres:
+        convert = _raw_text(column.max_length)
+        passthrough = frozenset({bytes, _NoneType})
+        check = _utf8_text(column.max_length)
+        return ColumnConverter(name, column, convert, passthrough, check, nullable)
     if kind == "text":
         convert = _text(nul_ok=not postgres, max_length=column.max_length if postgres else None)
         passthrough = frozenset({str, _NoneType})
@@ -203,7 +246,53 @@ def converter_for(
         convert, passthrough = _date(as_text=not postgres), frozenset()
     else:
         convert, passthrough = _numeric(as_text=not postgres), frozenset()
+    if raw_text and kind not in ("bytes", "json"):
+        # Text read as bytes: decoded here, where a value must be parsed as text
+        # (times, numbers written as text...). A blob in such a column is read as
+        # the UTF-8 text it holds, as SQLite's own CAST would.
+        convert = _decoded(convert)
     return ColumnConverter(name, column, convert, passthrough, check, nullable)
+
+
+def _decoded(convert: Convert) -> Convert:
+    def decoded(value: Any) -> tuple[Any, Any]:
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise Reject(f"bytes that are not UTF-8 text ({exc.reason})") from None
+        return convert(value)
+
+    return decoded
+
+
+def _utf8_text(limit: int | None) -> Callable[[Sequence[Any]], bool]:
+    """Bytes that PostgreSQL takes as text: UTF-8, no NUL, at most ``limit``
+    characters. ASCII (nearly all of it) is checked without decoding."""
+
+    def check(values: Sequence[Any]) -> bool:
+        present = list(filter(None, values))
+        if any(map(_contains, present, repeat(0))):  # an int needle: memchr, 5x faster
+            return False
+        if all(map(bytes.isascii, present)):
+            return limit is None or not present or max(map(len, present)) <= limit
+        try:
+            texts = [v.decode("utf-8") for v in present]
+        except UnicodeDecodeError:
+            return False
+        return limit is None or not texts or max(map(len, texts)) <= limit
+
+    return check
+
+
+def _raw_text(limit: int | None) -> Convert:
+    as_text = _text(nul_ok=False, max_length=limit)
+
+    def convert(value: Any) -> tuple[Any, Any]:
+        data = as_text(value)[0].encode("utf-8")
+        return data, data
+
+    return convert
 
 
 def _no_nul(values: Sequence[Any]) -> bool:

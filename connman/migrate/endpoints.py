@@ -144,12 +144,13 @@ async def read_batches(
     batch_rows: int,
     batch_bytes: int,
     prepare: Callable[[list[tuple[Any, ...]]], T],
+    raw_text: bool = False,
 ) -> AsyncIterator[T]:
     """``prepare(batch)`` for each batch of ``sql`` on ``side``. For SQLite the read
     and ``prepare`` run in a worker thread, and the next batch is read while the
     caller works on the current one (one batch ahead: memory stays bounded)."""
     if isinstance(side, SqliteFile):
-        rows = side.stream(sql, batch_rows=batch_rows, batch_bytes=batch_bytes)
+        rows = side.stream(sql, batch_rows=batch_rows, batch_bytes=batch_bytes, raw_text=raw_text)
 
         def step() -> T | None:
             batch = next(rows, None)

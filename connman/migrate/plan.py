@@ -35,6 +35,7 @@ from connman.migrate.kinds import (
     sqlite_ddl,
 )
 from connman.migrate.model import Catalog, ForeignKey, Table
+from connman.migrate.pgcopy import encoders_for
 from connman.migrate.sqlite_side import quote_ident
 from connman.schema import TableSpec
 
@@ -78,8 +79,12 @@ class TablePlan:
     up front (by the source query) rather than by the server."""
     target_exists: bool = False
     constraints: tuple[str, ...] = ()
-    """Bulk load: the primary and foreign keys, added after the rows are in (before
-    :attr:`after`); empty when the table is created with them."""
+    """Bulk load: the primary and foreign keys, added after the rows are in (after
+    :attr:`key_build`); empty when the table is created with them."""
+    key_build: str | None = None
+    """Bulk load: the unique index the primary key is then declared on, built side by
+    side with the :attr:`after` indexes (an ``ADD PRIMARY KEY`` would lock every
+    reader out while it sorts; ``USING INDEX`` only renames)."""
     depends: tuple[str, ...] = ()
     """Tables whose rows must be copied first (foreign keys, per the source and
     connman's schema)."""
@@ -99,14 +104,30 @@ class TablePlan:
         names = self.column_names
         return tuple(names.index(k) for k in self.primary_key)
 
-    def converter(self, target: str) -> RowConverter:
-        """The row converter into this table on ``target``'s dialect."""
+    def converter(self, target: str, *, raw_text: bool = False, copy: bool = False) -> RowConverter:
+        """The row converter into this table on ``target``'s dialect. ``raw_text``:
+        the source query was :meth:`source_sql` with ``raw_text`` (text as UTF-8
+        bytes); ``copy``: batches are also encoded for a binary COPY."""
+        encoders = encoders_for([c.target for c in self.columns]) if copy else None
         return RowConverter(
             [
-                converter_for(c.name, c.target, target=target, nullable=c.nullable)
+                converter_for(
+                    c.name, c.target, target=target, nullable=c.nullable, raw_text=raw_text
+                )
                 for c in self.columns
             ],
             self.key_index,
+            copy=encoders,
+        )
+
+    def binary_copy(self, source: str, target: str) -> bool:
+        """Whether a copy from the ``source`` dialect goes through connman's binary
+        COPY (SQLite into PostgreSQL, every column type one :mod:`pgcopy
+        <connman.migrate.pgcopy>` encodes), reading text as bytes."""
+        return (
+            source == "sqlite"
+            and target == "postgresql"
+            and encoders_for([c.target for c in self.columns]) is not None
         )
 
     def source_sql(self, dialect: str) -> str:
@@ -380,8 +401,16 @@ def _bulk(plan: TablePlan, spec: TableSpec | None, *, loading: bool) -> None:
     if spec is not None and spec.track == "sqlalchemy":
         return
     table = quote_ident(plan.name)
+    index = quote_ident(f"{plan.name}_pkey")  # the name PostgreSQL itself would give it
+    plan.key_build = (
+        f"CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {table} "
+        f"({', '.join(map(quote_ident, plan.primary_key))})"
+    )
+    # The index again (IF NOT EXISTS): a run that resumes an interrupted load adds
+    # the keys before copying, without a separate build.
     keys = [
-        f"ALTER TABLE {table} ADD PRIMARY KEY ({', '.join(map(quote_ident, plan.primary_key))})"
+        plan.key_build,
+        f"ALTER TABLE {table} ADD CONSTRAINT {index} PRIMARY KEY USING INDEX {index}",
     ]
     for fk in spec.foreign_keys if spec is not None else ():
         clause = (

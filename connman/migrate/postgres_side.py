@@ -21,12 +21,14 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import asyncpg
 
 from connman.manager import ConnectionManager
 from connman.migrate.errors import SchemaIncompatible, TargetFull, TargetUnavailable
 from connman.migrate.kinds import from_postgres
 from connman.migrate.model import Catalog, Column, ForeignKey, Table
+from connman.migrate.pgcopy import CopyRows
 from connman.migrate.sqlite_side import approx_size, quote_ident
 from connman.urls import redact_text
 
@@ -190,7 +192,9 @@ class PostgresSide:
         self, table: str, key_columns: Sequence[str], key_types: Sequence[str], keys: list[Any]
     ) -> set[Any]:
         """Which of ``keys`` exist in ``table`` (values for one column, tuples for
-        several), without writing anything."""
+        several), without writing anything. Text read as UTF-8 bytes is looked up
+        (and returned) as text."""
+        keys = [_text_key(k, key_types) for k in keys]
         async with self._manager.lease(_CONSUMER, url=self._url) as lease:
             return await _probe(lease.connection, table, key_columns, key_types, keys)
 
@@ -219,8 +223,11 @@ class PostgresSide:
         key_index: Sequence[int],
         key_types: Sequence[str],
         state: WriteState,
+        encoded: CopyRows | None = None,
     ) -> tuple[int, int, list[tuple[int, str]]]:
-        """Copy ``rows``: (written, already present, [(index, reason) refused])."""
+        """Copy ``rows``: (written, already present, [(index, reason) refused]).
+        ``encoded``: the same rows in binary COPY form (:mod:`connman.migrate.pgcopy`),
+        sent as they are instead of through asyncpg's codecs."""
         key_columns = [columns[i] for i in key_index]
         async with self._manager.lease(_CONSUMER, url=self._url) as lease:
             conn = lease.connection
@@ -229,25 +236,27 @@ class PostgresSide:
                     todo = list(range(len(rows)))
                     present = 0
                     if key_index and state.probe:
-                        keys = [_key(rows[i], key_index) for i in todo]
+                        keys = [_text_key(_key(rows[i], key_index), key_types) for i in todo]
                         found = await _probe(conn, table, key_columns, key_types, keys)
                         todo = [i for i, k in zip(todo, keys, strict=True) if k not in found]
                         present = len(rows) - len(todo)
                         state.probe = present > 0
                     if not todo:
                         return 0, present, []
-                    batch = rows if len(todo) == len(rows) else [rows[i] for i in todo]
+                    whole = len(todo) == len(rows)
+                    batch = rows if whole else [rows[i] for i in todo]
+                    data = encoded if whole or encoded is None else encoded.subset(todo)
                     try:
                         # One COPY is one transaction by itself (autocommit): no
                         # BEGIN/COMMIT round trips.
-                        await conn.copy_records_to_table(table, records=batch, columns=columns)
+                        await _copy(conn, table, columns, batch, data)
                         return len(batch), present, []
                     except asyncpg.UniqueViolationError:
                         if not key_index:
                             raise
                         state.probe = True  # rows exist: probe and retry
                     except _ROW_ERRORS:
-                        written, dup, refused = await _bisect(conn, table, columns, batch)
+                        written, dup, refused = await _bisect(conn, table, columns, batch, data)
                         return written, present + dup, [(todo[i], why) for i, why in refused]
                 raise TargetUnavailable(f"{table}: rows keep conflicting with concurrent writes")
             except asyncpg.PostgresError as exc:
@@ -260,27 +269,47 @@ class PostgresSide:
         serial: str | None,
         *,
         constraints: Sequence[str] = (),
+        key_build: str | None = None,
     ) -> None:
-        """After the copy: the keys of a bulk load (one transaction), the indexes,
-        and the sequence of ``serial`` moved past the largest id (never backwards)."""
+        """After the copy: the indexes (``key_build`` and ``statements``), the keys of
+        a bulk load (``constraints``, one transaction), and the sequence of ``serial``
+        moved past the largest id (never backwards).
+
+        The indexes are built side by side, each on a connection of its own: their
+        scans of the table are synchronized by PostgreSQL (one read of the heap
+        serves them all) and the sorts use both cores. A verify may read the table
+        meanwhile; only the keys, which find their index built, lock it briefly."""
+        builds = [s for s in (key_build, *statements) if s]
+        try:
+            async with anyio.create_task_group() as group:
+                for statement in builds:
+                    group.start_soon(self._execute, statement)
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
         if constraints:
             await self.create(constraints)
+        if serial is None:
+            return
         async with self._manager.lease(_CONSUMER, url=self._url) as lease:
             conn = lease.connection
             try:
-                for statement in statements:
-                    await conn.execute(statement)
-                if serial is not None:
-                    sequence = await conn.fetchval(
-                        "SELECT pg_get_serial_sequence($1, $2)", quote_ident(table), serial
+                sequence = await conn.fetchval(
+                    "SELECT pg_get_serial_sequence($1, $2)", quote_ident(table), serial
+                )
+                if sequence is not None:
+                    await conn.execute(
+                        f"SELECT setval($1, greatest(max({quote_ident(serial)}), "
+                        f"(SELECT last_value FROM {sequence}))) FROM {quote_ident(table)} "
+                        f"HAVING max({quote_ident(serial)}) IS NOT NULL",
+                        sequence,
                     )
-                    if sequence is not None:
-                        await conn.execute(
-                            f"SELECT setval($1, greatest(max({quote_ident(serial)}), "
-                            f"(SELECT last_value FROM {sequence}))) FROM {quote_ident(table)} "
-                            f"HAVING max({quote_ident(serial)}) IS NOT NULL",
-                            sequence,
-                        )
+            except asyncpg.PostgresError as exc:
+                raise _classify(exc) from None
+
+    async def _execute(self, statement: str) -> None:
+        async with self._manager.lease(_CONSUMER, url=self._url) as lease:
+            try:
+                await lease.connection.execute(statement)
             except asyncpg.PostgresError as exc:
                 raise _classify(exc) from None
 
@@ -289,6 +318,20 @@ def _key(row: tuple[Any, ...], key_index: Sequence[int]) -> Any:
     if len(key_index) == 1:
         return row[key_index[0]]
     return tuple(row[i] for i in key_index)
+
+
+def _text_key(key: Any, key_types: Sequence[str]) -> Any:
+    """A key as the server returns it: text read as UTF-8 bytes (binary COPY) is
+    decoded again (the probe compares it with what the server sends back)."""
+    if len(key_types) == 1:
+        return _as_str(key, key_types[0])
+    return tuple(_as_str(k, t) for k, t in zip(key, key_types, strict=True))
+
+
+def _as_str(value: Any, type_name: str) -> Any:
+    if isinstance(value, bytes) and type_name != "bytea":
+        return value.decode("utf-8")
+    return value
 
 
 async def _probe(
@@ -306,8 +349,25 @@ async def _probe(
     return {tuple(r) for r in await conn.fetch(sql, *args)}
 
 
+async def _copy(
+    conn: Any,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+    encoded: CopyRows | None,
+) -> None:
+    if encoded is None:
+        await conn.copy_records_to_table(table, records=rows, columns=columns)
+    else:
+        await conn.copy_to_table(table, source=encoded.stream(), columns=columns, format="binary")
+
+
 async def _bisect(
-    conn: Any, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]
+    conn: Any,
+    table: str,
+    columns: Sequence[str],
+    rows: list[tuple[Any, ...]],
+    encoded: CopyRows | None = None,
 ) -> tuple[int, int, list[tuple[int, str]]]:
     """Copy ``rows`` in halves under savepoints until each refused row is alone.
     Order is kept (parents before children)."""
@@ -319,7 +379,8 @@ async def _bisect(
             low, high = stack.pop()
             try:
                 async with conn.transaction():
-                    await conn.copy_records_to_table(table, records=rows[low:high], columns=columns)
+                    part = None if encoded is None else encoded.slice(low, high)
+                    await _copy(conn, table, columns, rows[low:high], part)
                 written += high - low
             except asyncpg.UniqueViolationError:
                 if high - low == 1:

@@ -18,7 +18,6 @@ were new, so rows already present are counted, not guessed.
 
 from __future__ import annotations
 
-import marshal
 import os
 import sqlite3
 from collections.abc import Generator, Sequence
@@ -143,7 +142,7 @@ class SqliteFile:
     # -- streaming -------------------------------------------------------------------
 
     def stream(
-        self, sql: str, *, batch_rows: int, batch_bytes: int
+        self, sql: str, *, batch_rows: int, batch_bytes: int, raw_text: bool = False
     ) -> Generator[list[tuple[Any, ...]], None, None]:
         """Run ``sql`` and yield its rows in batches of at most ``batch_rows`` rows
         and about ``batch_bytes`` bytes (a single row larger than that is a batch of
@@ -152,8 +151,13 @@ class SqliteFile:
         Text that is not valid UTF-8 would stop ``sqlite3`` mid-table; from the row
         that has it on, the table is read with a text factory that hands such values
         over as bytes (the converter then rejects or keeps them, per target type).
+
+        ``raw_text``: every text value comes as its bytes, undecoded (for a binary
+        COPY, which sends UTF-8 as it is; the converter checks it).
         """
         conn = self.connect()
+        if raw_text:
+            conn.text_factory = bytes
         delivered = 0
         try:
             cursor = conn.execute(sql)
@@ -176,8 +180,11 @@ class SqliteFile:
                     if not rows:
                         break
                     batch.extend(rows)
-                    # marshal walks the values in C: the cheapest exact byte count.
-                    got = len(marshal.dumps(rows))
+                    # Sized from every 8th row of a long read (sizing them all cost
+                    # a tenth of the copy): a batch ends near ``batch_bytes``, and
+                    # a read of big rows is caught by the rows it samples.
+                    sample = rows if len(rows) <= 64 else rows[::8]
+                    got = approx_size(sample) * len(rows) // len(sample)
                     size += got
                     per_row = max(1, got // len(rows))
                     # Grow the next read while rows are small, shrink it at once when

@@ -3,10 +3,8 @@ stream of batches (SQLite in a worker thread, PostgreSQL through a cursor)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -147,32 +145,26 @@ async def read_batches(
     batch_bytes: int,
     prepare: Callable[[list[tuple[Any, ...]]], T],
     raw_text: bool = False,
-) -> AsyncGenerator[T, None]:
-    """``prepare(batch)`` for each batch of ``sql`` on ``side``. For SQLite, reading
-    and ``prepare`` run in two worker threads, a pipeline: batch N+2 is read while
-    N+1 is prepared and the caller works on N (SQLite steps without the GIL, so the
-    read overlaps the preparing; three batches ahead at most: memory stays bounded)."""
+) -> AsyncIterator[T]:
+    """``prepare(batch)`` for each batch of ``sql`` on ``side``. For SQLite the read
+    and ``prepare`` run in a worker thread, and the next batch is read while the
+    caller works on the current one (one batch ahead: memory stays bounded)."""
     if isinstance(side, SqliteFile):
         rows = side.stream(sql, batch_rows=batch_rows, batch_bytes=batch_bytes, raw_text=raw_text)
-        reads = _Ahead(lambda: next(rows, None))
 
-        async def prepared() -> T | None:
-            batch = await reads.take()
-            return None if batch is None else await anyio.to_thread.run_sync(prepare, batch)
+        def step() -> T | None:
+            batch = next(rows, None)
+            return None if batch is None else prepare(batch)
 
-        ahead = asyncio.ensure_future(prepared())
+        ahead = _Ahead(step)
         try:
             while True:
-                item = await ahead
+                item = await ahead.take()
                 if item is None:
                     return
-                ahead = asyncio.ensure_future(prepared())
                 yield item
         finally:
-            if not ahead.done():
-                ahead.cancel()
-            await asyncio.wait([ahead])
-            await reads.settle()
+            await ahead.settle()
             rows.close()
     else:
         async for batch in side.stream(sql, batch_rows=batch_rows, batch_bytes=batch_bytes):
@@ -183,10 +175,14 @@ class _Ahead:
     """Runs ``step`` in a worker thread one call ahead of the consumer."""
 
     def __init__(self, step: Callable[[], Any]) -> None:
+        import asyncio
+
         self._step = step
         self._next: asyncio.Future[Any] | None = None
 
     def _start(self) -> None:
+        import asyncio
+
         self._next = asyncio.ensure_future(anyio.to_thread.run_sync(self._step))
 
     async def settle(self) -> None:
@@ -194,6 +190,8 @@ class _Ahead:
         closed under it)."""
         pending, self._next = self._next, None
         if pending is not None:
+            import contextlib
+
             with contextlib.suppress(BaseException):
                 await pending
 

@@ -158,9 +158,7 @@ class TablePlan:
                 f"JOIN chain ON c.{col} = chain.k) "
                 f"SELECT {select}, (chain.depth = 0 AND t.{col} IS NOT NULL) "
                 f"FROM chain JOIN {table} AS t ON t.{pk} = chain.k "
-                # Depth alone decides parents first; sorting by key too cost a
-                # tenth of the query's time.
-                f"ORDER BY chain.depth"
+                f"ORDER BY chain.depth, chain.k"
             )
         if dialect == "sqlite" and self.source.rowid:
             return f"SELECT {select} FROM {table} AS t ORDER BY t.rowid"

@@ -643,3 +643,61 @@ async def test_unknown_table_name_is_an_error(membrane: Membrane, postgres_datab
     )
     assert result.returncode == 3
     assert "no table(s) nope in the source" in result.stderr
+
+
+async def test_binary_copy_of_existing_types_refusals_and_rerun(
+    tmp_path: Path, postgres_database: str
+) -> None:
+    """The binary COPY path (no numeric column): every type arrives, a row the server
+    refuses (a CHECK the source knows nothing of) is found by bisection and reported,
+    bad UTF-8 is rejected before sending, and a second run writes nothing."""
+    import sqlite3
+
+    source = tmp_path / "binary.db"
+    conn = sqlite3.connect(source)
+    conn.execute(
+        "CREATE TABLE readings (id INTEGER PRIMARY KEY, small INTEGER, ratio REAL, day TEXT, "
+        "seen TEXT, code TEXT, ok INTEGER)"
+    )
+    rows = [
+        (1, 7, 0.1, "2025-01-02", "2025-01-02T03:04:05+01:00", "abc", 1),
+        (2, None, None, None, None, None, None),
+        (3, -3, -1e10, "1969-12-31", b"1970-01-01T00:00:00Z", "éèê", 0),  # a blob time
+        (4, 5, 1.0, "2025-01-01", "2025-01-01", "bad", 1),  # refused by the CHECK
+        (5, 6, 2.0, "2025-01-01", "2025-01-01", b"\xff\xfe", 1),  # not UTF-8
+    ]
+    rows += [
+        (i, i % 100, i / 3, "2025-03-04", "2025-03-04 05:06:07", f"r{i}", i % 2)
+        for i in range(6, 3000)
+    ]
+    conn.executemany("INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    conn.commit()
+    conn.close()
+    pgconn = await pg(postgres_database)
+    await pgconn.execute(
+        "CREATE TABLE readings (id BIGINT PRIMARY KEY, small SMALLINT, ratio REAL, day DATE, "
+        "seen TIMESTAMPTZ, code VARCHAR(5) CHECK (code <> 'bad'), ok BOOLEAN)"
+    )
+    await pgconn.close()
+    options = MigrateOptions(
+        source=sqlite_url(source), target=postgres_database, execute=True, batch_rows=1000
+    )
+
+    result = await migrate(options)
+    [outcome] = result.outcomes
+    reasons = dict(outcome.rejects)
+    assert outcome.written == 2997 and outcome.rejected == 2, reasons
+    assert "refused by the target" in reasons[4] and "check" in reasons[4].lower()
+    assert "not UTF-8" in reasons[5]
+    # The server refused a row the source side counted: verify shows that gap.
+    assert outcome.comparison is not None and not outcome.comparison.ok
+    pgconn = await pg(postgres_database)
+    got = {r["id"]: r for r in await pgconn.fetch("SELECT * FROM readings WHERE id <= 3")}
+    await pgconn.close()
+    assert got[1]["seen"] == datetime(2025, 1, 2, 2, 4, 5, tzinfo=UTC)
+    assert got[3]["seen"] == datetime(1970, 1, 1, tzinfo=UTC) and got[3]["code"] == "éèê"
+    assert got[2]["small"] is None and got[1]["ok"] is True and got[3]["ratio"] == -1e10
+
+    again = await migrate(options)
+    [second] = again.outcomes
+    assert second.written == 0 and second.present == 2997

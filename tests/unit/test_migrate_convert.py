@@ -141,3 +141,38 @@ def test_inference_from_values() -> None:
     assert infer_sqlite("REAL", stats(integers=4, reals=6))[0].ddl == "DOUBLE PRECISION"
     assert infer_sqlite("TEXT", stats(texts=10, iso_dates=10))[0].ddl == "DATE"
     assert json.loads("1") == 1
+
+
+def test_raw_text_is_checked_as_bytes_and_kept_as_bytes() -> None:
+    """Text read from SQLite as UTF-8 bytes (binary COPY): valid text passes as it
+    is; NUL, invalid UTF-8 and too many characters are rejected with the reason."""
+    column = converter_for(
+        "c", ColumnType("text", "varchar(2)", max_length=2), target="postgresql", raw_text=True
+    )
+    converter = RowConverter([column])
+    good = [(b"ab",), ("é".encode() * 2,), (None,), (42,)]
+    prepared = converter.prepare(good)
+    assert prepared.rejects == []
+    assert [r[0] for r in prepared.rows] == [b"ab", "éé".encode(), None, b"42"]
+    bad = converter.prepare([(b"a\x00",), (b"\xff",), ("é".encode() * 3,)])
+    reasons = [why for _, why in bad.rejects]
+    assert "NUL" in reasons[0] and "not UTF-8" in reasons[1] and "varchar(2)" in reasons[2]
+    # The same content read as str or as bytes has the same checksum.
+    as_str = RowConverter([converter_for("c", ColumnType("text", "text"), target="postgresql")])
+    as_raw = RowConverter(
+        [converter_for("c", ColumnType("text", "text"), target="postgresql", raw_text=True)]
+    )
+    texts = [("ünï",), ("a",), (None,)]
+    assert (
+        as_str.prepare(texts).checksum
+        == as_raw.prepare([(None if t is None else t.encode(),) for (t,) in texts]).checksum
+    )
+
+
+def test_raw_text_in_a_time_column_is_decoded_then_parsed() -> None:
+    column = converter_for(
+        "t", ColumnType("datetime", "timestamptz"), target="postgresql", raw_text=True
+    )
+    prepared = RowConverter([column]).prepare([(b"2025-01-02T03:04:05Z",), (b"\xff",)])
+    assert prepared.rows[0][0].isoformat() == "2025-01-02T03:04:05+00:00"
+    assert "not UTF-8" in prepared.rejects[0][1]

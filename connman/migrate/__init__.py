@@ -4,7 +4,8 @@ resumable batched copies, type conversion and a content verify.
 ``connman migrate --from URL --to URL (--dry-run | --execute)`` and ``connman verify``
 (:mod:`connman.migrate.cli`); :func:`migrate` and :func:`verify` from Python.
 Modules: :mod:`.kinds` (types), :mod:`.convert` (values), :mod:`.checksum`,
-:mod:`.plan` (what each table becomes), :mod:`.sqlite_side` / :mod:`.postgres_side`
+:mod:`.pgcopy` (PostgreSQL's binary COPY format), :mod:`.plan` (what each table
+becomes), :mod:`.sqlite_side` / :mod:`.postgres_side`
 (reading and writing each dialect), :mod:`.endpoints`, :mod:`.copy` (the run),
 :mod:`.compare`, :mod:`.report`.
 

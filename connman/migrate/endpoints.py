@@ -148,7 +148,8 @@ async def read_batches(
 ) -> AsyncIterator[T]:
     """``prepare(batch)`` for each batch of ``sql`` on ``side``. For SQLite the read
     and ``prepare`` run in a worker thread, and the next batch is read while the
-    caller works on the current one (one batch ahead: memory stays bounded)."""
+    caller works on the current one (one batch ahead: memory stays bounded);
+    ``raw_text``: its text values come as UTF-8 bytes."""
     if isinstance(side, SqliteFile):
         rows = side.stream(sql, batch_rows=batch_rows, batch_bytes=batch_bytes, raw_text=raw_text)
 

@@ -106,8 +106,8 @@ class TablePlan:
 
     def converter(self, target: str, *, raw_text: bool = False, copy: bool = False) -> RowConverter:
         """The row converter into this table on ``target``'s dialect. ``raw_text``:
-        the source query was :meth:`source_sql` with ``raw_text`` (text as UTF-8
-        bytes); ``copy``: batches are also encoded for a binary COPY."""
+        the source is read with text as UTF-8 bytes (``SqliteFile.stream(...,
+        raw_text=True)``); ``copy``: batches are also encoded for a binary COPY."""
         encoders = encoders_for([c.target for c in self.columns]) if copy else None
         return RowConverter(
             [

@@ -64,6 +64,26 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+def sqlite_table(path: Path, ddl: str, rows: list[tuple[Any, ...]]) -> Path:
+    """A SQLite file holding one table (``ddl``) with ``rows``."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    conn.execute(ddl)
+    conn.executemany(f"INSERT INTO readings VALUES ({', '.join('?' * len(rows[0]))})", rows)
+    conn.commit()
+    conn.close()
+    return path
+
+
+async def pg_execute(url: str, sql: str) -> None:
+    conn = await pg(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 async def pg(url: str) -> asyncpg.Connection:
     return await asyncpg.connect(parse_url(url).connect_dsn())
 
@@ -586,16 +606,10 @@ def test_memory_url_refused() -> None:
 
 
 async def test_existing_target_types_decide(tmp_path: Path, postgres_database: str) -> None:
-    import sqlite3
-
-    source = tmp_path / "typed.db"
-    conn = sqlite3.connect(source)
-    conn.execute(
+    source = sqlite_table(
+        tmp_path / "typed.db",
         "CREATE TABLE readings (id INTEGER PRIMARY KEY, small INTEGER, ratio REAL, day TEXT, "
-        "amount TEXT, seen TEXT, code TEXT, ok INTEGER)"
-    )
-    conn.executemany(
-        "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "amount TEXT, seen TEXT, code TEXT, ok INTEGER)",
         [
             (1, 7, 0.1, "2025-01-02", "1.50", "2025-01-02T03:04:05+01:00", "abc", 1),
             (2, None, None, None, None, None, None, None),
@@ -603,14 +617,11 @@ async def test_existing_target_types_decide(tmp_path: Path, postgres_database: s
             (4, -3, -1e10, "1969-12-31", "-0.001", "1970-01-01T00:00:00Z", "é", 0),
         ],
     )
-    conn.commit()
-    conn.close()
-    pgconn = await pg(postgres_database)
-    await pgconn.execute(
+    await pg_execute(
+        postgres_database,
         "CREATE TABLE readings (id BIGINT PRIMARY KEY, small SMALLINT, ratio REAL, day DATE, "
-        "amount NUMERIC(10, 3), seen TIMESTAMP, code VARCHAR(5), ok BOOLEAN)"
+        "amount NUMERIC(10, 3), seen TIMESTAMP, code VARCHAR(5), ok BOOLEAN)",
     )
-    await pgconn.close()
 
     result = await migrate(
         MigrateOptions(source=sqlite_url(source), target=postgres_database, execute=True)
@@ -651,14 +662,6 @@ async def test_binary_copy_of_existing_types_refusals_and_rerun(
     """The binary COPY path (no numeric column): every type arrives, a row the server
     refuses (a CHECK the source knows nothing of) is found by bisection and reported,
     bad UTF-8 is rejected before sending, and a second run writes nothing."""
-    import sqlite3
-
-    source = tmp_path / "binary.db"
-    conn = sqlite3.connect(source)
-    conn.execute(
-        "CREATE TABLE readings (id INTEGER PRIMARY KEY, small INTEGER, ratio REAL, day TEXT, "
-        "seen TEXT, code TEXT, ok INTEGER)"
-    )
     rows = [
         (1, 7, 0.1, "2025-01-02", "2025-01-02T03:04:05+01:00", "abc", 1),
         (2, None, None, None, None, None, None),
@@ -670,15 +673,17 @@ async def test_binary_copy_of_existing_types_refusals_and_rerun(
         (i, i % 100, i / 3, "2025-03-04", "2025-03-04 05:06:07", f"r{i}", i % 2)
         for i in range(6, 3000)
     ]
-    conn.executemany("INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-    conn.commit()
-    conn.close()
-    pgconn = await pg(postgres_database)
-    await pgconn.execute(
-        "CREATE TABLE readings (id BIGINT PRIMARY KEY, small SMALLINT, ratio REAL, day DATE, "
-        "seen TIMESTAMPTZ, code VARCHAR(5) CHECK (code <> 'bad'), ok BOOLEAN)"
+    source = sqlite_table(
+        tmp_path / "binary.db",
+        "CREATE TABLE readings (id INTEGER PRIMARY KEY, small INTEGER, ratio REAL, day TEXT, "
+        "seen TEXT, code TEXT, ok INTEGER)",
+        rows,
     )
-    await pgconn.close()
+    await pg_execute(
+        postgres_database,
+        "CREATE TABLE readings (id BIGINT PRIMARY KEY, small SMALLINT, ratio REAL, day DATE, "
+        "seen TIMESTAMPTZ, code VARCHAR(5) CHECK (code <> 'bad'), ok BOOLEAN)",
+    )
     options = MigrateOptions(
         source=sqlite_url(source), target=postgres_database, execute=True, batch_rows=1000
     )

@@ -60,6 +60,13 @@ def run_cli(
     )
 
 
+def tier_cli(
+    command: str, source: str, target: str, *args: str, **kw: Any
+) -> subprocess.CompletedProcess[str]:
+    """``connman migrate|verify --from source --to target ...`` as a user types it."""
+    return run_cli(command, "--from", source, "--to", target, *args, **kw)
+
+
 def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
@@ -138,11 +145,9 @@ async def test_dry_run_writes_nothing(
     await conn.close()
     before = await catalogue(postgres_database)
 
-    result = run_cli(
+    result = tier_cli(
         "migrate",
-        "--from",
         sqlite_url(membrane.path),
-        "--to",
         postgres_database,
         "--dry-run",
         cwd=tmp_path,
@@ -174,9 +179,7 @@ async def test_dry_run_to_sqlite_creates_no_file(postgres_database: str, tmp_pat
     await conn.execute("CREATE TABLE things (id INT PRIMARY KEY, seen TIMESTAMPTZ)")
     await conn.execute("INSERT INTO things VALUES (1, now())")
     await conn.close()
-    result = run_cli(
-        "migrate", "--from", postgres_database, "--to", sqlite_url(target), "--dry-run"
-    )
+    result = tier_cli("migrate", postgres_database, sqlite_url(target), "--dry-run")
     assert result.returncode == 0, result.stderr
     assert not target.parent.exists()
 
@@ -189,11 +192,9 @@ async def test_execute_verify_and_again_writes_nothing(
 ) -> None:
     digest = sha256_file(membrane.path)
     rejects = tmp_path / "rejects.jsonl"
-    first = run_cli(
+    first = tier_cli(
         "migrate",
-        "--from",
         sqlite_url(membrane.path),
-        "--to",
         postgres_database,
         "--execute",
         "--rejects-file",
@@ -212,7 +213,7 @@ async def test_execute_verify_and_again_writes_nothing(
     }
     assert all(r["reason"] for r in recorded)
 
-    checked = run_cli("verify", "--from", sqlite_url(membrane.path), "--to", postgres_database)
+    checked = tier_cli("verify", sqlite_url(membrane.path), postgres_database)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "verify passed" in checked.stdout
 
@@ -263,11 +264,9 @@ async def test_execute_verify_and_again_writes_nothing(
     finally:
         await conn.close()
 
-    again = run_cli(
+    again = tier_cli(
         "migrate",
-        "--from",
         sqlite_url(membrane.path),
-        "--to",
         postgres_database,
         "--execute",
         "--rejects-file",
@@ -300,11 +299,9 @@ async def test_verify_reports_differences(membrane: Membrane, postgres_database:
     await conn.execute("UPDATE captures SET content = 'changed' WHERE id = 'capture-000003'")
     await conn.execute(f"DELETE FROM {UNKNOWN_TABLE} WHERE id = 7")
     await conn.close()
-    checked = run_cli(
+    checked = tier_cli(
         "verify",
-        "--from",
         sqlite_url(membrane.path),
-        "--to",
         postgres_database,
         "--tables",
         "captures,field_notes",
@@ -401,11 +398,9 @@ async def test_killed_half_way_then_resumed(tmp_path: Path, postgres_database: s
     assert summary["captures"]["present"] >= copied
     assert summary["captures"]["present"] + summary["captures"]["written"] == 40_000
     assert summary["data"]["present"] + summary["data"]["written"] == 6_000
-    checked = run_cli(
+    checked = tier_cli(
         "verify",
-        "--from",
         sqlite_url(membrane.path),
-        "--to",
         postgres_database,
         "--tables",
         "data,captures",
@@ -434,10 +429,10 @@ async def test_reverse_direction_round_trips(
     await conn.close()
 
     home = tmp_path / "back" / "membrane.db"
-    back = run_cli("migrate", "--from", postgres_database, "--to", sqlite_url(home), "--execute")
+    back = tier_cli("migrate", postgres_database, sqlite_url(home), "--execute")
     assert back.returncode == 0, back.stdout + back.stderr
     assert "verify passed" in back.stdout
-    checked = run_cli("verify", "--from", postgres_database, "--to", sqlite_url(home))
+    checked = tier_cli("verify", postgres_database, sqlite_url(home))
     assert checked.returncode == 0, checked.stdout
 
     import sqlite3
@@ -493,19 +488,15 @@ def _note(row: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def test_neither_flag_is_a_usage_error(tmp_path: Path) -> None:
-    result = run_cli(
-        "migrate", "--from", sqlite_url(tmp_path / "x.db"), "--to", "postgresql://u@127.0.0.1:1/db"
-    )
+    result = tier_cli("migrate", sqlite_url(tmp_path / "x.db"), "postgresql://u@127.0.0.1:1/db")
     assert result.returncode == 2
     assert "--dry-run" in result.stderr and "--execute" in result.stderr
 
 
 def test_missing_source_file(tmp_path: Path) -> None:
-    result = run_cli(
+    result = tier_cli(
         "migrate",
-        "--from",
         sqlite_url(tmp_path / "nope.db"),
-        "--to",
         "postgresql://u:secretpw@127.0.0.1:1/db",
         "--dry-run",
     )
@@ -519,11 +510,9 @@ def test_unreachable_target(membrane: Membrane) -> None:
     with socket.socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    result = run_cli(
+    result = tier_cli(
         "migrate",
-        "--from",
         sqlite_url(membrane.path),
-        "--to",
         f"postgresql://kgents:hunter2pw@127.0.0.1:{port}/kgents",
         "--execute",
         env={"KGENTS_POOL_CONNECT_TIMEOUT": "2"},
@@ -540,7 +529,7 @@ async def test_wrong_password_is_not_printed(membrane: Membrane, postgres_cluste
     await conn.close()
     postgres_cluster.require_password()
     url = f"postgresql://kgents:wrong-password-42@127.0.0.1:{postgres_cluster.port}/kgents"
-    result = run_cli("migrate", "--from", sqlite_url(membrane.path), "--to", url, "--execute")
+    result = tier_cli("migrate", sqlite_url(membrane.path), url, "--execute")
     assert result.returncode == 4, result.stderr
     assert "authentication failed" in result.stderr
     assert "wrong-password-42" not in result.stdout + result.stderr
@@ -551,9 +540,7 @@ async def test_incompatible_target_table(membrane: Membrane, postgres_database: 
     await conn.execute("CREATE TABLE captures (id TEXT PRIMARY KEY, body TEXT NOT NULL)")
     await conn.close()
     before = await catalogue(postgres_database)
-    result = run_cli(
-        "migrate", "--from", sqlite_url(membrane.path), "--to", postgres_database, "--execute"
-    )
+    result = tier_cli("migrate", sqlite_url(membrane.path), postgres_database, "--execute")
     assert result.returncode == 5, result.stderr
     assert "table captures" in result.stderr and "lacks the column(s) content" in result.stderr
     assert "body" in result.stderr  # the NOT NULL column the source cannot fill
@@ -576,11 +563,9 @@ async def test_disk_full_on_sqlite_target(
     def limit() -> None:  # a file-size limit: writes past 2 MB fail as on a full disk
         resource.setrlimit(resource.RLIMIT_FSIZE, (2_000_000 + 123, 2_000_000 + 123))
 
-    result = run_cli(
+    result = tier_cli(
         "migrate",
-        "--from",
         postgres_database,
-        "--to",
         sqlite_url(home),
         "--execute",
         "--rejects-file",
@@ -590,14 +575,12 @@ async def test_disk_full_on_sqlite_target(
     assert result.returncode == 6, result.stdout + result.stderr
     assert "full" in result.stderr and "run the same command again" in result.stderr
     # Space back: the same command finishes the job.
-    again = run_cli("migrate", "--from", postgres_database, "--to", sqlite_url(home), "--execute")
+    again = tier_cli("migrate", postgres_database, sqlite_url(home), "--execute")
     assert again.returncode == 0, again.stdout + again.stderr
 
 
 def test_memory_url_refused() -> None:
-    result = run_cli(
-        "migrate", "--from", "sqlite:///:memory:", "--to", "postgresql://u@127.0.0.1/x", "--dry-run"
-    )
+    result = tier_cli("migrate", "sqlite:///:memory:", "postgresql://u@127.0.0.1/x", "--dry-run")
     assert result.returncode == 3
     assert dataclasses.is_dataclass(MigrateOptions)
 
@@ -642,11 +625,9 @@ async def test_existing_target_types_decide(tmp_path: Path, postgres_database: s
 
 
 async def test_unknown_table_name_is_an_error(membrane: Membrane, postgres_database: str) -> None:
-    result = run_cli(
+    result = tier_cli(
         "migrate",
-        "--from",
         sqlite_url(membrane.path),
-        "--to",
         postgres_database,
         "--dry-run",
         "--tables",

@@ -249,7 +249,9 @@ def _print_migration(result: Migration) -> None:
         for note in plan.notes:
             print(f"  note: {note}")
         if plan.self_fk is not None:
-            print(f"  order: parents first ({plan.self_fk.column} -> {plan.self_fk.referenced})")
+            how = "rowid order is" if plan.parents_by_rowid else "by chain depth"
+            fk = plan.self_fk
+            print(f"  order: parents first ({fk.column} -> {fk.referenced}; {how})")
         print()
     for name, why in result.skipped.items():
         print(f"skipped {name}: {why}")

@@ -218,6 +218,11 @@ async def _plan(
             spec=specs.get(table.name),
             stats=stats,
         )
+        fk = plan.self_fk
+        if fk is not None and table.rowid and isinstance(ends.source, SqliteFile):
+            plan.parents_by_rowid = await anyio.to_thread.run_sync(
+                ends.source.parents_precede, table.name, fk.referenced, fk.column
+            )
         try:
             check_compatible(plan, existing, name=ends.target_url.redacted())
         except SchemaIncompatible as exc:

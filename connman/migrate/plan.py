@@ -7,9 +7,10 @@ after the tables its foreign keys reference), a :class:`TablePlan` says:
   there; connman's schema for the tables it knows; inferred from SQLite's declared
   types and the values for the others);
 - how the source is read: ``ORDER BY rowid`` (a sequential scan), or parents first
-  for a table whose foreign key points into itself (D-gent's ``causal_parent``), by
-  the depth of each row in its chain (a recursive query, spilled to SQLite's temp
-  storage, not held in Python);
+  for a table whose foreign key points into itself (D-gent's ``causal_parent``):
+  still in rowid order when that order already has every parent first (an
+  append-only store), else by the depth of each row in its chain (a recursive
+  query, spilled to SQLite's temp storage, not held in Python);
 - the DDL that creates the table, and the indexes built after its rows are in (a
   bulk load into a table without secondary indexes is faster; both are
   ``IF NOT EXISTS``, so a resumed run does the same again harmlessly);
@@ -74,6 +75,10 @@ class TablePlan:
     """An auto-incrementing key column whose sequence must follow the copied ids."""
     self_fk: ForeignKey | None = None
     """The source's foreign key into the table itself: copy parents first."""
+    parents_by_rowid: bool = False
+    """The source's rowid order already puts parents first (see
+    :meth:`SqliteFile.parents_precede <connman.migrate.sqlite_side.SqliteFile.parents_precede>`):
+    read it in that order instead of by chain depth."""
     reject_orphans: bool = False
     """The target enforces that foreign key: rows whose parent is missing are rejected
     up front (by the source query) rather than by the server."""
@@ -147,6 +152,14 @@ class TablePlan:
                 quote_ident(fk.referenced),
                 quote_ident(fk.column),
             )
+            if self.parents_by_rowid and dialect == "sqlite":
+                # Rowid order is parents first already; the last column flags a row
+                # whose parent is missing ("orphan"), as the chain query does.
+                return (
+                    f"SELECT {select}, (t.{col} IS NOT NULL AND NOT EXISTS "
+                    f"(SELECT 1 FROM {table} AS p WHERE p.{ref} = t.{col})) "
+                    f"FROM {table} AS t ORDER BY t.rowid"
+                )
             # Rows whose parent is missing are roots too (depth 0) and flagged: the
             # last column says "orphan". Rows in a cycle are never reached (see
             # unreached_sql).

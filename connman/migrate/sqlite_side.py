@@ -139,6 +139,26 @@ class SqliteFile:
             stats[name] = ValueStats(total, *values)
         return stats
 
+    def parents_precede(self, table: str, key: str, parent: str) -> bool:
+        """Whether every row of ``table`` comes after its parent in rowid order (a row
+        whose ``parent`` names its own ``key``, or a later row's, says no).
+
+        An append-only causal chain is written parents first, so its rowid order is
+        already a parents-first order: the copy reads it as a sequential scan instead
+        of sorting the table by chain depth (seconds before the first row). Such an
+        order also rules out cycles. One index probe per row, stopped at the first
+        row out of order."""
+        t, k, p = quote_ident(table), quote_ident(key), quote_ident(parent)
+        sql = (
+            f"SELECT NOT EXISTS (SELECT 1 FROM {t} AS c JOIN {t} AS p ON p.{k} = c.{p} "
+            "WHERE p.rowid >= c.rowid)"
+        )
+        conn = self.connect()
+        try:
+            return bool(conn.execute(sql).fetchone()[0])
+        finally:
+            conn.close()
+
     # -- streaming -------------------------------------------------------------------
 
     def stream(

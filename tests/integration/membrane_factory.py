@@ -42,9 +42,11 @@ def make_membrane(
     notes: int = 40,
     big_blob: bool = False,
     bad_rows: bool = True,
+    children_first: bool = True,
     seed: int = 7,
 ) -> Membrane:
-    """Write the file at ``path`` (replaced if present)."""
+    """Write the file at ``path`` (replaced if present). ``children_first=False``
+    writes the D-gent chains as an append-only store does, every parent first."""
     rnd = random.Random(seed)
     path.unlink(missing_ok=True)
     conn = sqlite3.connect(path)
@@ -67,7 +69,8 @@ def make_membrane(
         content = bytes(rnd.getrandbits(8) for _ in range(rnd.randint(0, 64)))
         meta = {"kind": "note", "lang": "日本語", "i": i} if i % 3 else {}
         rows.append((datum_id, content, 1.7e9 + i * 0.5, parent, json.dumps(meta)))
-    rows.reverse()
+    if children_first:
+        rows.reverse()
     if big_blob:
         rows.append((BIG_BLOB_ID, rnd.randbytes(10 * 1024 * 1024), 1.8e9, None, "{}"))
     if bad_rows:

@@ -285,6 +285,38 @@ async def test_execute_verify_and_again_writes_nothing(
     assert_untouched(membrane, digest)
 
 
+async def test_chains_already_in_parent_first_order_are_read_as_they_lie(
+    tmp_path: Path, postgres_database: str
+) -> None:
+    """An append-only D-gent table (each parent written before its children) is read
+    in rowid order, not sorted by chain depth first; a missing parent is still
+    refused and every copied parent exists."""
+    membrane = make_membrane(tmp_path / "membrane.db", children_first=False)
+    source = sqlite_url(membrane.path)
+    dry = tier_cli("migrate", source, postgres_database, "--dry-run", "--tables", "data")
+    assert "order: parents first (causal_parent -> id; rowid order is)" in dry.stdout, dry.stdout
+
+    done = tier_cli(
+        "migrate", source, postgres_database, "--execute", "--tables", "data", cwd=tmp_path
+    )
+    assert done.returncode == 1, done.stdout + done.stderr  # the orphan
+    assert f"{ORPHAN_ID!r}: causal_parent 'deleted-parent' is not in the source" in done.stdout
+    checked = tier_cli("verify", source, postgres_database, "--tables", "data")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    conn = await pg(postgres_database)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM data") == membrane.rows["data"] - 1
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM data c LEFT JOIN data p ON p.id = c.causal_parent "
+                "WHERE c.causal_parent IS NOT NULL AND p.id IS NULL"
+            )
+            == 0
+        )
+    finally:
+        await conn.close()
+
+
 async def test_verify_reports_differences(membrane: Membrane, postgres_database: str) -> None:
     result = await migrate(
         MigrateOptions(

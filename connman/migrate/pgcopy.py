@@ -24,7 +24,7 @@ import operator
 import struct
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
-from itertools import accumulate, chain, repeat
+from itertools import accumulate
 from typing import Any
 
 from connman.migrate.kinds import ColumnType
@@ -169,14 +169,18 @@ class CopyRows:
             sizes = list(map(operator.add, sizes, map(len, data)))
         step = max(1, CHUNK_BYTES * count // max(1, sum(sizes)))
         header = _INT16(len(columns))
+        width = 1 + 2 * len(columns)  # pieces per row: the count, then length, value...
         chunks: list[bytes] = []
         bounds: list[list[int]] = []
         for low in range(0, count, step):
             high = min(low + step, count)
-            pieces: list[Any] = [repeat(header, high - low)]
-            for data, lengths in columns:
-                pieces += (lengths[low:high], data[low:high])
-            chunks.append(b"".join(chain.from_iterable(zip(*pieces, strict=True))))
+            # The pieces in row order, laid out by extended-slice assignment (C
+            # loops; zip + chain made a tuple per row: a fifth of the build time).
+            pieces: list[bytes] = [header] * ((high - low) * width)
+            for i, (data, lengths) in enumerate(columns):
+                pieces[1 + 2 * i :: width] = lengths[low:high]
+                pieces[2 + 2 * i :: width] = data[low:high]
+            chunks.append(b"".join(pieces))
             bounds.append(list(accumulate(sizes[low:high], initial=0)))
         return cls(chunks, bounds)
 

@@ -23,6 +23,8 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiosqlite
+import anyio
+import anyio.to_thread
 
 from connman.config import PoolConfig
 from connman.drivers import BROKEN, CLEAN, DIRTY
@@ -128,12 +130,22 @@ class AiosqliteDriver:
             ensure_parent_dir(self._path)
 
     async def connect(self) -> AiosqliteConnection:
-        raw = await aiosqlite.connect(
+        pending = aiosqlite.connect(
             self._target,
             uri=True,
             isolation_level="IMMEDIATE",
             timeout=self._config.sqlite_busy_timeout,
         )
+        try:
+            raw = await pending
+        except BaseException:
+            # A failed open makes aiosqlite queue its thread's stop without awaiting
+            # it: the thread then reports into this loop, and if the loop has closed
+            # meanwhile (a caller that gives up at once), it dies with an unhandled
+            # "Event loop is closed". Wait for the thread while the loop still runs.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(pending._thread.join, self._config.close_timeout)
+            raise
         try:
             for pragma in self._pragmas:
                 await raw.execute(pragma)

@@ -17,6 +17,7 @@ transaction: a consistent snapshot, streamed in chunks, never a whole table in m
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -204,15 +205,10 @@ class PostgresSide:
         """Run DDL in one transaction, serialized with connman's other DDL."""
         if not statements:
             return
-        async with self._manager.lease(_CONSUMER, url=self._url) as lease:
-            conn = lease.connection
-            try:
-                async with conn.transaction():
-                    await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
-                    for statement in statements:
-                        await conn.execute(statement)
-            except asyncpg.PostgresError as exc:
-                raise _classify(exc) from None
+        async with self._writing() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+            for statement in statements:
+                await conn.execute(statement)
 
     async def write(
         self,
@@ -229,38 +225,34 @@ class PostgresSide:
         ``encoded``: the same rows in binary COPY form (:mod:`connman.migrate.pgcopy`),
         sent as they are instead of through asyncpg's codecs."""
         key_columns = [columns[i] for i in key_index]
-        async with self._manager.lease(_CONSUMER, url=self._url) as lease:
-            conn = lease.connection
-            try:
-                for _attempt in range(3):
-                    todo = list(range(len(rows)))
-                    present = 0
-                    if key_index and state.probe:
-                        keys = [_text_key(_key(rows[i], key_index), key_types) for i in todo]
-                        found = await _probe(conn, table, key_columns, key_types, keys)
-                        todo = [i for i, k in zip(todo, keys, strict=True) if k not in found]
-                        present = len(rows) - len(todo)
-                        state.probe = present > 0
-                    if not todo:
-                        return 0, present, []
-                    whole = len(todo) == len(rows)
-                    batch = rows if whole else [rows[i] for i in todo]
-                    data = encoded if whole or encoded is None else encoded.subset(todo)
-                    try:
-                        # One COPY is one transaction by itself (autocommit): no
-                        # BEGIN/COMMIT round trips.
-                        await _copy(conn, table, columns, batch, data)
-                        return len(batch), present, []
-                    except asyncpg.UniqueViolationError:
-                        if not key_index:
-                            raise
-                        state.probe = True  # rows exist: probe and retry
-                    except _ROW_ERRORS:
-                        written, dup, refused = await _bisect(conn, table, columns, batch, data)
-                        return written, present + dup, [(todo[i], why) for i, why in refused]
-                raise TargetUnavailable(f"{table}: rows keep conflicting with concurrent writes")
-            except asyncpg.PostgresError as exc:
-                raise _classify(exc) from None
+        async with self._writing() as conn:
+            for _attempt in range(3):
+                todo = list(range(len(rows)))
+                present = 0
+                if key_index and state.probe:
+                    keys = [_text_key(_key(rows[i], key_index), key_types) for i in todo]
+                    found = await _probe(conn, table, key_columns, key_types, keys)
+                    todo = [i for i, k in zip(todo, keys, strict=True) if k not in found]
+                    present = len(rows) - len(todo)
+                    state.probe = present > 0
+                if not todo:
+                    return 0, present, []
+                whole = len(todo) == len(rows)
+                batch = rows if whole else [rows[i] for i in todo]
+                data = encoded if whole or encoded is None else encoded.subset(todo)
+                try:
+                    # One COPY is one transaction by itself (autocommit): no
+                    # BEGIN/COMMIT round trips.
+                    await _copy(conn, table, columns, batch, data)
+                    return len(batch), present, []
+                except asyncpg.UniqueViolationError:
+                    if not key_index:
+                        raise
+                    state.probe = True  # rows exist: probe and retry
+                except _ROW_ERRORS:
+                    written, dup, refused = await _bisect(conn, table, columns, batch, data)
+                    return written, present + dup, [(todo[i], why) for i, why in refused]
+            raise TargetUnavailable(f"{table}: rows keep conflicting with concurrent writes")
 
     async def finish(
         self,
@@ -290,26 +282,29 @@ class PostgresSide:
             await self.create(constraints)
         if serial is None:
             return
-        async with self._manager.lease(_CONSUMER, url=self._url) as lease:
-            conn = lease.connection
-            try:
-                sequence = await conn.fetchval(
-                    "SELECT pg_get_serial_sequence($1, $2)", quote_ident(table), serial
+        async with self._writing() as conn:
+            sequence = await conn.fetchval(
+                "SELECT pg_get_serial_sequence($1, $2)", quote_ident(table), serial
+            )
+            if sequence is not None:
+                await conn.execute(
+                    f"SELECT setval($1, greatest(max({quote_ident(serial)}), "
+                    f"(SELECT last_value FROM {sequence}))) FROM {quote_ident(table)} "
+                    f"HAVING max({quote_ident(serial)}) IS NOT NULL",
+                    sequence,
                 )
-                if sequence is not None:
-                    await conn.execute(
-                        f"SELECT setval($1, greatest(max({quote_ident(serial)}), "
-                        f"(SELECT last_value FROM {sequence}))) FROM {quote_ident(table)} "
-                        f"HAVING max({quote_ident(serial)}) IS NOT NULL",
-                        sequence,
-                    )
-            except asyncpg.PostgresError as exc:
-                raise _classify(exc) from None
 
     async def _execute(self, statement: str) -> None:
+        async with self._writing() as conn:
+            await conn.execute(statement)
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[Any]:
+        """A leased connection whose server errors come out as the migration's own
+        (:func:`_classify`: target full, incompatible schema, unavailable)."""
         async with self._manager.lease(_CONSUMER, url=self._url) as lease:
             try:
-                await lease.connection.execute(statement)
+                yield lease.connection
             except asyncpg.PostgresError as exc:
                 raise _classify(exc) from None
 

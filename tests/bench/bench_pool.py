@@ -197,6 +197,9 @@ class Impl:
         return concurrency
 
     async def worker(self, run: Run, select: bool, index: int) -> int:
+        # Each implementation writes its loop out in full, with its own acquire bound
+        # to a local: a shared loop taking the acquire as an argument would add a call
+        # per lease to every anchor, and the pools differ by a few microseconds.
         raise NotImplementedError
 
 

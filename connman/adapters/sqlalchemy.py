@@ -24,8 +24,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import types as sqltypes
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL
 from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect, IsolationLevel
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -177,16 +175,17 @@ def _unique_statement_name() -> str:
 
 
 def _decode_json_in_sqlalchemy(dialect: Dialect) -> None:
-    """Decode JSON/JSONB in SQLAlchemy's result processing, not in asyncpg codecs.
+    """Leave asyncpg's JSON/JSONB codecs alone; the engine's cursors decode instead.
 
     The asyncpg dialect registers JSON and JSONB type codecs on every connection it
     opens (``set_type_codec``). On connman that connection is shared: after the
     engine used it, a D-gent or Brain lease would get ``dict`` where a fresh
     connection gives ``str`` for the same ``jsonb`` column, depending on which
-    connection it happens to get. So the codecs are not installed, asyncpg keeps
-    its defaults (JSON as text), and SQLAlchemy's ``JSON`` type deserializes the text
-    (``json_deserializer`` still applies); binding was done by SQLAlchemy already.
-    It also spares each new connection the codec set-up round trips.
+    connection it happens to get. So the codecs are not installed (which also spares
+    each new connection their set-up round trips), and
+    :mod:`connman.adapters.sqlalchemy_json` decodes JSON result columns in the
+    engine's cursors (``ConnmanPool`` equips each adapter connection), so the engine
+    returns what native SQLAlchemy returns, ``text()`` queries included.
     """
 
     async def keep_asyncpg_defaults(adapted_connection: Any) -> None:
@@ -194,26 +193,6 @@ def _decode_json_in_sqlalchemy(dialect: Dialect) -> None:
 
     dialect.setup_asyncpg_json_codec = keep_asyncpg_defaults  # type: ignore[attr-defined]
     dialect.setup_asyncpg_jsonb_codec = keep_asyncpg_defaults  # type: ignore[attr-defined]
-    # SQLAlchemy 2.1 decodes in JSON's result processor once the dialect says it
-    # cannot; 2.0 maps JSON/JSONB to asyncpg types that never decode: map them back.
-    dialect.supports_native_json_deserialization = False
-    dialect.colspecs = {
-        **dialect.colspecs,
-        sqltypes.JSON: _DecodedJSON,
-        postgresql.JSONB: _DecodedJSONB,
-    }
-
-
-class _DecodedJSON(postgresql.JSON):
-    """PostgreSQL ``JSON``, decoded by SQLAlchemy; bound as ``$n::JSON``."""
-
-    render_bind_cast = True
-
-
-class _DecodedJSONB(postgresql.JSONB):
-    """PostgreSQL ``JSONB``, decoded by SQLAlchemy; bound as ``$n::JSONB``."""
-
-    render_bind_cast = True
 
 
 def _keep_begin_immediate(dialect: Dialect) -> None:

@@ -7,7 +7,7 @@ metrics apply to the engine like to any other consumer.
 
 What SQLAlchemy needs per physical connection (its ``_ConnectionRecord``, and in it the
 DBAPI adapter object that wraps the asyncpg/aiosqlite connection and on which the
-dialect ran its ``connect`` setup: asyncpg JSON/JSONB codecs, SQLite functions) is
+dialect ran its ``connect`` setup: SQLite functions...) is
 kept in :attr:`connman.Lease.connection_state`, which lives exactly as long as the
 physical connection. A checkout of a connection this pool has seen before reuses its
 record: no reconnect, no second ``connect`` event, the adapter's prepared-statement
@@ -34,6 +34,7 @@ from sqlalchemy.pool.base import _ConnectionRecord
 from sqlalchemy.util import await_only
 from sqlalchemy.util import concurrency as _sa_concurrency
 
+from connman.adapters.sqlalchemy_json import decode_json_columns
 from connman.errors import AcquireTimeout, ConnmanError
 from connman.manager import ConnectionManager, Lease, get_manager
 from connman.stats import PoolStats
@@ -303,8 +304,13 @@ class ConnmanPool(Pool):
             return raw
 
         args, params = self._connect_parameters()
-        dbapi = self._engine_dialect.loaded_dbapi
-        return cast("DBAPIConnection", dbapi.connect(*args, async_creator_fn=leased, **params))
+        dialect = self._engine_dialect
+        adapted = dialect.loaded_dbapi.connect(*args, async_creator_fn=leased, **params)
+        if dialect.name == "postgresql":
+            # Decode JSON as the codecs connman leaves uninstalled would have
+            # (sqlalchemy_json): on this adapter object only, never the connection.
+            decode_json_columns(adapted, getattr(dialect, "_json_deserializer", None))
+        return cast("DBAPIConnection", adapted)
 
     def _connect_parameters(self) -> tuple[list[Any], dict[str, Any]]:
         # Connection parameters (host, user...) go to the creator, which ignores

@@ -61,6 +61,10 @@ TITLES = {
     "queuepool": "SQLAlchemy AsyncAdaptedQueuePool",
 }
 SELECT_1 = text("SELECT 1")
+# --json: a row with a jsonb column, decoded by both engines (natively by the codec
+# the asyncpg dialect installs, on connman by the engine's cursor): its cost.
+SELECT_JSON = text("""SELECT '{"a": [1, 2.5], "b": "x"}'::jsonb AS doc, 1 AS n""")
+QUERY = SELECT_1
 _pc = time.perf_counter
 
 
@@ -103,7 +107,7 @@ async def worker(engine: AsyncEngine, window: Window) -> int:
         t0 = _pc()
         async with connect() as conn:
             t1 = _pc()
-            await conn.execute(SELECT_1)
+            await conn.execute(QUERY)
         if window.phase == 1:
             waits.append(t1 - t0)
             served += 1
@@ -224,10 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 rounds of 0.3 s windows")
     parser.add_argument("--url", help="a loopback PostgreSQL (default: a throwaway cluster)")
     parser.add_argument("--rounds", type=int, help="rounds per cell (default 7, quick 3)")
+    parser.add_argument("--json", action="store_true", help="query a jsonb value, not SELECT 1")
     args = parser.parse_args(argv)
+    global QUERY
+    QUERY = SELECT_JSON if args.json else SELECT_1
     rounds = args.rounds or (3 if args.quick else 7)
     warmup, duration = (0.1, 0.3) if args.quick else (0.3, 1.5)
     command = "uv run python tests/bench/bench_sqlalchemy.py" + (" --quick" if args.quick else "")
+    command += " --json" if args.json else ""
     with bench_database(args.url) as db:
         where = db.source
         cells = asyncio.run(bench(db.url, rounds, warmup, duration))

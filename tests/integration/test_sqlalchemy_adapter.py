@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import sqlite3
 import uuid
 from argparse import Namespace
@@ -108,7 +109,7 @@ def count_connect_events(engine: AsyncEngine) -> list[object]:
 def instrument_dialect_setup(engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> Counter[int]:
     """Counts, per driver connection, the calls of the dialect's own per-connection
     setup: the asyncpg dialect's JSON codec hook (which connman's engine turns into a
-    no-op, see test_json_decoding_of_shared_connections_is_left_alone), the SQLite
+    no-op, see test_engine_returns_what_native_sqlalchemy_returns), the SQLite
     functions (regexp, floor)."""
     calls: Counter[int] = Counter()
     dialect = engine.sync_engine.dialect
@@ -471,24 +472,75 @@ async def test_orm_round_trip_with_json_and_aware_datetimes(db_url: str) -> None
         await engine.dispose()
 
 
+# Values whose Python form depends on the codecs the asyncpg dialect installs (json,
+# jsonb and their arrays) and a few whose form asyncpg decides alone.
+NATIVE_VALUES_QUERY = """
+SELECT '{"a": 1}'::json AS j, '{"b": [1, 2.5, null, true]}'::jsonb AS jb,
+       'null'::jsonb AS jnull, '"text"'::json AS jstr, CAST(NULL AS jsonb) AS jmissing,
+       ARRAY['{"x": 1}'::jsonb, '[2]'::jsonb] AS jarr, ARRAY[['1'::json], ['{}'::json]] AS j2d,
+       1.50::numeric AS num, '7b1f4d0e-5c3a-4f6e-9d2b-1a2b3c4d5e6f'::uuid AS u,
+       '2026-03-12 12:30:15+02'::timestamptz AS ts, '1 day 2 hours'::interval AS iv,
+       '\\x0001ff'::bytea AS raw, ARRAY[1, 2] AS ints, '10.0.0.1/32'::inet AS ip
+"""
+
+
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-async def test_json_decoding_of_shared_connections_is_left_alone(db_url: str) -> None:
-    """The stock asyncpg dialect registers JSON/JSONB codecs on its connections; on a
-    shared connection that would change what every later consumer's jsonb query
-    returns. connman's engine decodes JSON in SQLAlchemy's types instead."""
-    query = """SELECT '{"a": [1]}'::jsonb AS doc"""
+async def test_engine_returns_what_native_sqlalchemy_returns(db_url: str) -> None:
+    """Code moved onto connman gets the values native SQLAlchemy gave it: JSON and
+    JSONB decoded also without a SQLAlchemy type (``text()``), in buffered and
+    streamed results, with the engine's json_deserializer; the ORM's JSON columns
+    the same. The raw asyncpg lease of another consumer on the same physical
+    connection, before and after, still gets asyncpg's own values (JSON as text)."""
+    from sqlalchemy.ext.asyncio import create_async_engine as native_create_async_engine
+
+    native = native_create_async_engine(db_url)
+    async with native.connect() as conn:
+        expected = dict((await conn.execute(text(NATIVE_VALUES_QUERY))).mappings().one())
+    assert expected["j"] == {"a": 1} and expected["jarr"] == [{"x": 1}, [2]]  # the premise
+
+    raw_json = '{"a": 1}'
     async with open_manager(db_url, min_size=1, max_size=1) as manager:
         async with manager.lease("dgent") as lease:
-            before = await lease.connection.fetchval(query)
+            pid = await lease_backend(lease)
+            assert await lease.connection.fetchval(NATIVE_VALUES_QUERY) == raw_json
         engine = create_async_engine(manager)
         async with engine.connect() as conn:
-            typed = (await conn.execute(text(query).columns(doc=JSONB))).scalar_one()
-            untyped = (await conn.execute(text(query))).scalar_one()
+            assert await backend_of(conn) == pid  # the very same physical connection
+            got = dict((await conn.execute(text(NATIVE_VALUES_QUERY))).mappings().one())
+            streamed = await conn.stream(text(NATIVE_VALUES_QUERY))
+            got_streamed = dict((await streamed.mappings().all())[0])
         async with manager.lease("dgent") as lease:
-            after = await lease.connection.fetchval(query)
-        assert before == after == untyped == '{"a": [1]}'  # asyncpg's own: text
-        assert typed == {"a": [1]}  # through a JSON type: decoded
+            assert await lease.connection.fetchval(NATIVE_VALUES_QUERY) == raw_json
+            row = await lease.connection.fetchrow(NATIVE_VALUES_QUERY)
+            assert row["jb"] == '{"b": [1, 2.5, null, true]}' and row["jarr"][1] == "[2]"
+        assert got == expected
+        assert got_streamed == expected
+
+        await create_tables(engine)
+        native_sessions = async_sessionmaker(native, expire_on_commit=False)
+        sessions = async_sessionmaker(engine, expire_on_commit=False)
+        at = datetime(2026, 3, 12, 12, 30, tzinfo=UTC)
+        async with sessions() as session, session.begin():
+            session.add(Note(id=1, slug="one", doc={"k": [1, {"n": None}]}, tags=["t"], at=at))
+        async with sessions() as session, native_sessions() as native_session:
+            ours, theirs = await session.get(Note, 1), await native_session.get(Note, 1)
+            assert ours is not None and theirs is not None
+            assert (ours.doc, ours.tags) == (theirs.doc, theirs.tags)
+            assert ours.doc == {"k": [1, {"n": None}]}
         await engine.dispose()
+
+        loads_calls: list[str] = []
+
+        def loads(value: str) -> Any:
+            loads_calls.append(value)
+            return json.loads(value)
+
+        engine = create_async_engine(manager, json_deserializer=loads)
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT '[3]'::jsonb"))).scalar_one() == [3]
+        assert loads_calls == ["[3]"]
+        await engine.dispose()
+    await native.dispose()
 
 
 async def test_plain_timezone_datetime_keeps_the_offset_only_on_postgres(db_url: str) -> None:

@@ -20,28 +20,45 @@ What it guarantees, beyond the old backends:
 - **Schema on first use**, idempotent and safe under concurrent first use
   (:mod:`connman.adapters._ddl`).
 
+``semantics="kgents"`` gives up the first guarantee for code written against kgents'
+own backends (:mod:`connman.adapters.kgents` uses it): ``put`` overwrites, and the
+causal links behave as kgents' backend for the dialect made them (see
+:class:`DgentStore`).
+
 This module does not import SQLAlchemy (the D-gent track has no use for it).
 """
 
 from __future__ import annotations
 
+import base64
 import builtins
 import hashlib
 import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from connman.adapters._ddl import SchemaGate, plan_for
 from connman.adapters._raw import RawSQL, transaction
-from connman.errors import AdapterError, CausalParentMissing, DatumConflict, InvalidInput
+from connman.errors import (
+    AdapterError,
+    CausalParentMissing,
+    ConfigError,
+    DatumConflict,
+    InvalidInput,
+)
 from connman.manager import ConnectionManager, Lease, get_manager
 from connman.schema import dgent as schema
 
-__all__ = ["Datum", "DgentStore", "content_id", "new_id"]
+__all__ = ["Datum", "DgentStore", "Semantics", "content_id", "new_id"]
+
+Semantics = Literal["append-only", "kgents"]
+"""What ``put`` and ``delete`` do with existing ids and causal links (see
+:class:`DgentStore`)."""
 
 # A causal chain longer than this is refused rather than walked forever (only data
 # not written through this adapter can form a cycle: a parent must exist before its
@@ -79,20 +96,82 @@ class Datum:
         cls,
         content: bytes,
         *,
+        id: str | None = None,
         causal_parent: str | None = None,
         metadata: Mapping[str, str] | None = None,
         content_addressed: bool = False,
         created_at: float | None = None,
     ) -> Datum:
-        """A new datum: id :func:`new_id`, or :func:`content_id` when
-        ``content_addressed``; ``created_at`` now unless given."""
+        """A new datum: id ``id`` if given, else :func:`new_id`, or :func:`content_id`
+        when ``content_addressed``; ``created_at`` now unless given."""
+        if id is None:
+            id = content_id(content) if content_addressed else new_id()
         return cls(
-            id=content_id(content) if content_addressed else new_id(),
+            id=id,
             content=content,
             created_at=time.time() if created_at is None else created_at,
             causal_parent=causal_parent,
             metadata=dict(metadata or {}),
         )
+
+    # kgents' Datum API (agents/d/datum.py), so its callers need no change.
+
+    def derive(
+        self, content: bytes, *, id: str | None = None, metadata: Mapping[str, str] | None = None
+    ) -> Datum:
+        """A new datum (now, a new id unless given) whose causal parent is this one."""
+        return Datum.create(content, id=id, causal_parent=self.id, metadata=metadata)
+
+    def with_metadata(self, **kwargs: str) -> Datum:
+        """This datum with ``kwargs`` added to its metadata (same id and time)."""
+        return Datum(
+            id=self.id,
+            content=self.content,
+            created_at=self.created_at,
+            causal_parent=self.causal_parent,
+            metadata={**self.metadata, **kwargs},
+        )
+
+    @property
+    def size(self) -> int:
+        """Bytes of content."""
+        return len(self.content)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict; ``content`` in base64."""
+        return {
+            "id": self.id,
+            "content": base64.b64encode(self.content).decode("ascii"),
+            "created_at": self.created_at,
+            "causal_parent": self.causal_parent,
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Datum:
+        """The datum of :meth:`to_json`'s dict (``content`` as bytes, base64 or hex)."""
+        content = data["content"]
+        if isinstance(content, str):
+            try:
+                content = base64.b64decode(content)
+            except ValueError:
+                content = bytes.fromhex(content)
+        return cls(
+            id=data["id"],
+            content=content,
+            created_at=data["created_at"],
+            causal_parent=data.get("causal_parent"),
+            metadata=data.get("metadata", {}),
+        )
+
+    def to_jsonl_line(self) -> str:
+        """:meth:`to_json` as one compact JSON line (no newline)."""
+        return json.dumps(self.to_json(), separators=(",", ":"))
+
+    @classmethod
+    def from_jsonl_line(cls, line: str) -> Datum:
+        """The datum of :meth:`to_jsonl_line`."""
+        return cls.from_json(json.loads(line))
 
 
 class DgentStore:
@@ -104,6 +183,21 @@ class DgentStore:
         consumer: the consumer name of its leases (limits and metrics per consumer).
         url: the database; ``None``: ``manager.storage.dgent_url`` (the database
             ``KGENTS_DGENT_BACKEND`` picks, by default the storage's own).
+        semantics: ``"append-only"`` (the default, as the protocol document says):
+            an id is written once, a causal parent must exist, deleting a datum
+            unlinks its children. ``"kgents"``: what kgents' own backends did, for
+            code written against them: ``put`` of an existing id overwrites it
+            (content, time, parent, metadata); on SQLite a causal parent need not
+            exist and ``delete`` leaves the children pointing at the deleted id
+            (kgents' ``SQLiteBackend`` had no foreign key); on PostgreSQL the table's
+            foreign key refuses a missing parent (:class:`CausalParentMissing`, where
+            kgents' ``PostgresBackend`` raised asyncpg's ``ForeignKeyViolationError``)
+            and sets the children's parent to NULL on delete. Either way
+            ``causal_chain`` stops at the first missing link. ``get``, ``list``,
+            ``causal_chain``, ``exists`` and ``count`` are the same in both.
+
+    Raises:
+        ConfigError: an unknown ``semantics``.
     """
 
     def __init__(
@@ -112,14 +206,27 @@ class DgentStore:
         *,
         consumer: str = "dgent",
         url: str | None = None,
+        semantics: Semantics = "append-only",
     ) -> None:
+        if semantics not in get_args(Semantics):
+            raise ConfigError(
+                f"semantics must be one of {', '.join(map(repr, get_args(Semantics)))}, "
+                f"got {semantics!r}"
+            )
         self._manager = manager
         self._consumer = consumer
         self._url = url
+        self._semantics = semantics
         self._gate = SchemaGate(plan_for(schema.TABLES))
 
     def __repr__(self) -> str:
-        return f"DgentStore(consumer={self._consumer!r})"
+        extra = "" if self._semantics == "append-only" else f", semantics={self._semantics!r}"
+        return f"DgentStore(consumer={self._consumer!r}{extra})"
+
+    @property
+    def semantics(self) -> Semantics:
+        """``"append-only"`` or ``"kgents"``."""
+        return self._semantics
 
     # -- the protocol ----------------------------------------------------------------
 
@@ -128,11 +235,14 @@ class DgentStore:
 
         Raises:
             DatumConflict: the id exists with other content (the same content again
-                is a no-op).
-            CausalParentMissing: ``datum.causal_parent`` does not exist.
+                is a no-op). With ``semantics="kgents"``: never, the datum replaces it.
+            CausalParentMissing: ``datum.causal_parent`` does not exist (with
+                ``semantics="kgents"``: only on PostgreSQL).
             InvalidInput: a field of the wrong type, or metadata that is not JSON.
         """
         args = _put_args(datum)
+        if self._semantics == "kgents":
+            return await self._overwrite(datum, args)
         async with self._lease() as lease:
             await self._gate.ensure(lease)
             raw = RawSQL(lease, autocommit=True)
@@ -171,8 +281,12 @@ class DgentStore:
 
     async def delete(self, id: str) -> bool:
         """Delete datum ``id``; True if it existed. Its children keep existing with
-        ``causal_parent`` set to NULL (they lose their link, not their data)."""
+        ``causal_parent`` set to NULL (they lose their link, not their data); with
+        ``semantics="kgents"`` on SQLite they keep the deleted id."""
         _check_id(id)
+        if self._semantics == "kgents":
+            async with self._lease() as lease, _kgents_writes(lease, self._gate) as raw:
+                return await raw.execute(_sql(raw, "DELETE FROM data WHERE id = $1"), [id]) == 1
         async with self._lease() as lease:
             await self._gate.ensure(lease)
             async with transaction(lease) as tx:
@@ -243,6 +357,17 @@ class DgentStore:
             raw = RawSQL(lease, autocommit=True)
             return int(await raw.fetch_value("SELECT count(*) FROM data"))
 
+    async def _overwrite(self, datum: Datum, args: builtins.list[Any]) -> str:
+        """``put`` with ``semantics="kgents"``: insert or replace every column."""
+        async with self._lease() as lease, _kgents_writes(lease, self._gate) as raw:
+            try:
+                await raw.execute(_sql(raw, _OVERWRITE), args)
+            except Exception as exc:
+                if _is_foreign_key_violation(exc):  # PostgreSQL's foreign key
+                    raise _parent_missing(datum) from exc
+                raise
+        return datum.id
+
     # -- plumbing --------------------------------------------------------------------
 
     async def ensure_schema(self) -> None:
@@ -270,6 +395,16 @@ INSERT INTO data (id, content, created_at, causal_parent, metadata)
 SELECT $1::text, $2::bytea, $3::float8, $4::text, $5::jsonb
 WHERE $4::text IS NULL OR EXISTS (SELECT 1 FROM data WHERE id = $4::text)
 ON CONFLICT (id) DO NOTHING
+"""
+
+# semantics="kgents": the datum replaces an existing one (kgents' INSERT OR REPLACE /
+# ON CONFLICT DO UPDATE), in place, so rows pointing at it keep their link.
+_OVERWRITE = """
+INSERT INTO data (id, content, created_at, causal_parent, metadata)
+VALUES ($1::text, $2::bytea, $3::float8, $4::text, $5::jsonb)
+ON CONFLICT (id) DO UPDATE SET content = excluded.content,
+    created_at = excluded.created_at, causal_parent = excluded.causal_parent,
+    metadata = excluded.metadata
 """
 
 # Walks ids only, then joins the rows once: the recursion does not drag contents.
@@ -350,6 +485,32 @@ def _prefix_upper_bound(prefix: str) -> str | None:
             code = 0xE000  # surrogates cannot be stored in UTF-8 text
         return "".join(chars) + chr(code)
     return None
+
+
+@asynccontextmanager
+async def _kgents_writes(lease: Lease, gate: SchemaGate) -> AsyncIterator[RawSQL]:
+    """The lease's connection for a ``semantics="kgents"`` write.
+
+    On SQLite, kgents' table had no foreign key: a missing parent was stored as is and
+    a delete left the children's link alone. connman's table declares one and every
+    connection enforces it (``PRAGMA foreign_keys = ON``), so it is switched off for
+    this write (outside a transaction, where the pragma takes effect) and on again
+    after. If the write fails or is cancelled in between, the lease asks for a full
+    reset, which re-applies the connection's pragmas before anyone else gets it.
+    PostgreSQL keeps its foreign key, as kgents' PostgreSQL table had it.
+    """
+    await gate.ensure(lease)
+    raw = RawSQL(lease, autocommit=True)
+    if raw.postgres:
+        yield raw
+        return
+    await raw.execute("PRAGMA foreign_keys = OFF")
+    try:
+        yield raw
+    except BaseException:
+        lease.request_full_reset()
+        raise
+    await raw.execute("PRAGMA foreign_keys = ON")
 
 
 # -- values ----------------------------------------------------------------------------

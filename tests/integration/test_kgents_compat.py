@@ -5,6 +5,7 @@ and one process using all of them at once through one pool per database."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -230,6 +231,35 @@ async def test_sqlite_namespaces_are_files(manager: ConnectionManager, tmp_path:
     one.close()
     one.clear()
     assert not one.path.exists()
+
+
+async def test_kgents_writes_leave_sqlite_enforcing_foreign_keys(tmp_path: Path) -> None:
+    """On SQLite the kgents semantics switch the foreign key off for one write; the
+    shared connection enforces it again for the next lease, also after a write that
+    failed (a trigger raising inside the INSERT)."""
+    url = f"sqlite:///{tmp_path}/fk.db"
+    async with ConnectionManager(url, config=PoolConfig(min_size=1, max_size=1)) as manager:
+        backend = SQLiteBackend("fk", tmp_path, manager=manager)
+
+        async def enforced() -> int:
+            async with manager.lease("other") as lease:  # the one connection
+                cursor = await lease.connection.execute("PRAGMA foreign_keys")
+                [value] = await cursor.fetchone()
+                return int(value)
+
+        await backend.put(Datum.create(b"orphan", causal_parent="missing"))
+        assert await enforced() == 1
+        async with manager.lease("other") as lease:
+            await lease.connection.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON data WHEN NEW.id = 'boom' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by trigger'); END"
+            )
+            await lease.connection.commit()
+        with pytest.raises(sqlite3.IntegrityError, match="refused by trigger"):
+            await backend.put(Datum.create(b"x", id="boom", causal_parent="missing"))
+        assert await enforced() == 1
+        [stats] = manager.stats()  # the backend's file is the manager's database
+        assert stats.size == 1
 
 
 @pytest.mark.parametrize("dialect", ["postgresql"], indirect=True)

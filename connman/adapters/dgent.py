@@ -60,9 +60,9 @@ Semantics = Literal["append-only", "kgents"]
 """What ``put`` and ``delete`` do with existing ids and causal links (see
 :class:`DgentStore`)."""
 
-# A causal chain longer than this is refused rather than walked forever (only data
-# not written through this adapter can form a cycle: a parent must exist before its
-# child, and ids never change).
+# A causal chain longer than this is refused rather than walked forever. Append-only
+# data cannot form a cycle (a parent exists before its child, ids never change); data
+# written around this adapter, or overwritten with semantics="kgents", can.
 MAX_CHAIN_DEPTH = 100_000
 
 _COLUMNS = "id, content, created_at, causal_parent, metadata"
@@ -327,7 +327,8 @@ class DgentStore:
 
         Raises:
             AdapterError: the chain loops or is longer than ``MAX_CHAIN_DEPTH`` (only
-                data written around this adapter can do that).
+                data written around this adapter, or overwritten with
+                ``semantics="kgents"``, can do that).
         """
         _check_id(id)
         async with self._lease() as lease:

@@ -283,6 +283,9 @@ async def test_health_check_keys(manager: ConnectionManager) -> None:
     health = await backend.health_check()
     assert set(health) == {"connected", "count", "size_bytes", "pool_size", "pool_min", "pool_max"}
     assert health["connected"] is True and health["count"] == 3 and health["size_bytes"] > 0
+    async with backend._connection() as conn:  # as kgents' own test fixtures clean up
+        assert await conn.execute("DELETE FROM data") == "DELETE 3"
+    assert (await backend.health_check())["count"] == 0
     [stats] = manager.stats()
     assert health["pool_size"] >= 1 and health["pool_max"] == stats.max_size  # connman's pool
     store = PostgresRelationalStore(url, min_pool_size=7, max_pool_size=70, manager=manager)

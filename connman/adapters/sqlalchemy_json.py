@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import json
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -61,28 +60,36 @@ def _decoding_connection_class(loads: _Loads) -> type[AsyncAdapt_asyncpg_connect
     """The adapter connection class whose cursors decode with ``loads`` (one per
     deserializer: the adapter's ``__slots__`` leave no room for it on the instance)."""
 
+    # Written for SQLAlchemy 2.0 and 2.1 alike: ``description`` (an attribute in 2.0,
+    # a property in 2.1), ``_rows`` kept as the container type it was (2.0 pops a
+    # list, 2.1 a deque), ``cursor()`` overridden (2.0 names its classes inline).
+
     class DecodingCursor(AsyncAdapt_asyncpg_cursor):
         __slots__ = ()
 
         async def _prepare_and_execute(self, operation: Any, parameters: Any) -> None:
             await super()._prepare_and_execute(operation, parameters)  # type: ignore[no-untyped-call]
-            plan = _plan(self._description, loads)
-            if plan and self._rows:
-                self._rows = deque(_decode(row, plan) for row in self._rows)
+            plan = _plan(self.description, loads)
+            rows = self._rows
+            if plan and rows:
+                self._rows = type(rows)(_decode(row, plan) for row in rows)
 
     class DecodingServerSideCursor(AsyncAdapt_asyncpg_ss_cursor):
         __slots__ = ()
 
         async def _prepare_and_execute(self, operation: Any, parameters: Any) -> None:
             await super()._prepare_and_execute(operation, parameters)  # type: ignore[no-untyped-call]
-            plan = _plan(self._description, loads)
+            plan = _plan(self.description, loads)
             if plan and self._cursor is not None:
                 self._cursor = _DecodingFetch(self._cursor, plan)
 
     class DecodingConnection(AsyncAdapt_asyncpg_connection):
         __slots__ = ()
-        _cursor_cls = DecodingCursor
-        _ss_cursor_cls = DecodingServerSideCursor
+
+        def cursor(self, server_side: bool = False) -> Any:
+            if server_side:
+                return DecodingServerSideCursor(self)  # type: ignore[no-untyped-call]
+            return DecodingCursor(self)
 
     return DecodingConnection
 

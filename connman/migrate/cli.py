@@ -49,24 +49,25 @@ def register_cli(subparsers: Any) -> None:
         "migrate",
         help="copy kgents storage between SQLite and PostgreSQL (dry run, execute, resume)",
         description="Copy every table from --from to --to: schema, rows (converted to the "
-        "target's types), then verify. Resumable: run it again after any interruption. "
-        "The source is opened read-only and never changed.",
+        "target's types), then verify. Resumable: run it again after any interruption; a "
+        "rerun sends only the rows the target lacks, and never overwrites a row the target "
+        "has (a different row under the same key is reported as a conflict). The source "
+        "is opened read-only and never changed.",
+        epilog=_EPILOG,
     )
     _endpoints(m)
     mode = m.add_mutually_exclusive_group(required=True)
     mode.add_argument("--dry-run", action="store_true", help="plan and check, write nothing")
     mode.add_argument("--execute", action="store_true", help="create the schema, copy, verify")
-    m.add_argument(
-        "--batch-size", type=_positive, default=5000, metavar="N", help="rows per batch (5000)"
-    )
+    m.add_argument("--batch-size", type=_positive, default=5000, metavar="N", help="rows per batch")
     m.add_argument(
         "--batch-mb",
         type=_positive,
         default=16,
         metavar="MB",
-        help="a batch also ends at this many MB of values (16)",
+        help="a batch also ends at this many MB of values",
     )
-    m.add_argument("--jobs", type=_positive, default=1, help="tables copied at once (1)")
+    m.add_argument("--jobs", type=_positive, default=1, help="tables copied at once")
     m.add_argument("--no-verify", action="store_true", help="skip the verify after --execute")
     m.add_argument(
         "--rejects-file",
@@ -80,9 +81,25 @@ def register_cli(subparsers: Any) -> None:
     v = subparsers.add_parser(
         "verify",
         help="compare row counts and content checksums of two databases, table by table",
+        description="Compare every table of --from with --to: row counts and a checksum of "
+        "the content after conversion into the target's types. When a table differs, the "
+        "first differing keys are named. Writes nothing.",
+        epilog=_EPILOG,
     )
     _endpoints(v)
     v.set_defaults(run=_run_verify)
+
+
+_EPILOG = (
+    "The default target is KGENTS_DATABASE_URL when it is PostgreSQL, else "
+    "KGENTS_POSTGRES_URL, else the docker-compose database "
+    "(postgresql://kgents:***@localhost:5432/kgents). Connecting waits up to "
+    "KGENTS_POOL_CONNECT_TIMEOUT seconds (default 10). Exit codes: 0 done (every row "
+    "on the target / both sides equal), 1 rows rejected or differences, 2 usage or "
+    "configuration error, 3 the source cannot be read, 4 the target cannot be reached or "
+    "written, 5 an incompatible target table, 6 the target is full, 130 interrupted "
+    "(rerun the same command to resume)."
+)
 
 
 def _endpoints(parser: argparse.ArgumentParser) -> None:

@@ -311,6 +311,9 @@ def _print_differences(comparisons: Sequence[Comparison], *, conflicts: bool = F
             keys = ", ".join(repr(k) for k in shown)
             more = f" ... ({count - len(shown):,} more)" if count > len(shown) else ""
             print(f"  {c.table}: {count:,} row(s) {what}: {keys}{more}")
+    if not any(kinds.values()):
+        print("\nWhat to do: keep the source; `connman verify` compares the tables again.")
+        return
     print("\nWhat to do:")
     if kinds["missing"]:
         print(

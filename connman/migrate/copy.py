@@ -390,7 +390,9 @@ async def _run_table(
 
     async def check() -> None:
         begun = time.perf_counter()
-        source_side = Side(outcome.convertible, outcome.checksum, outcome.rejected)
+        source_side = Side(
+            outcome.convertible, outcome.checksum, outcome.rejected - outcome.conflicts
+        )
         compared = await _compare(
             ends, outcome.plan, source_side, options.batch_rows, options.batch_bytes
         )

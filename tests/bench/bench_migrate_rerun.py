@@ -24,11 +24,9 @@ import time
 from pathlib import Path
 
 import asyncpg
+from bench_migrate import create_database, generate  # this directory, run as a script
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from connman.testing.cluster import LocalCluster  # noqa: E402
-from tests.bench.bench_migrate import create_database, generate  # noqa: E402
+from connman.testing.cluster import LocalCluster
 
 
 async def inserted(dsn: str) -> dict[str, int]:

@@ -13,8 +13,12 @@ bytes and the batch is sent in PostgreSQL's binary COPY format, built here
 Once a table's rows are in, its keys and indexes are built (side by side) and it is
 verified, on the server, while the next table copies (``jobs`` tables copy at once;
 a table waits for the tables it references). Killed at any point, a run leaves
-whole batches only; the next run finds them (see
-:mod:`connman.migrate.postgres_side`) and finishes the rest.
+whole batches only. The next run finds them without sending them again: the source
+is read in the same order, and while the target holds what was read so far each
+batch's keys are looked up before it is sent (:class:`WriteState`, the target's
+high-water mark); a key the target holds is the same row (already present) or
+another one (a conflict: reported, never overwritten; compared by
+:meth:`RowConverter.identities <connman.migrate.convert.RowConverter.identities>`).
 """
 
 from __future__ import annotations
@@ -615,6 +619,18 @@ async def _write(
             plan.name, plan.column_names, rows, keyed=bool(plan.primary_key)
         )
         present = len(rows) - written - len(refused)
+        if present and key_index:
+            # INSERT ... ON CONFLICT DO NOTHING kept the target's row: the same one,
+            # or a conflict (reported, as into PostgreSQL).
+            skip = {i for i, _ in refused}
+            keys = [driver_key(row, key_index) for row in rows]
+            there = await target_identities(ends, plan, keys)
+            for i, (key, easy, hard) in enumerate(converter.identities(batch.canon)):
+                other = there.get(key)
+                if i not in skip and other is not None and other != (easy, hard):
+                    present -= 1
+                    outcome.conflicts += 1
+                    outcome.reject(_report_key(rows[i], key_index), CONFLICT, rejects)
     else:
         assert isinstance(target, PostgresSide)
         written, present, refused = await _write_postgres(

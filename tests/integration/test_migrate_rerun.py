@@ -333,3 +333,36 @@ async def test_writes_made_while_degraded_go_home(
     assert again.returncode == 1
     assert _summary(again.stdout)["data"]["written"] == 0
     assert "rejected data 'both-different': primary key conflict" in again.stdout
+
+
+async def test_a_conflict_into_sqlite_is_reported_and_left_alone(
+    tmp_path: Path, postgres_database: str
+) -> None:
+    conn = await pg(postgres_database)
+    try:
+        await conn.execute("CREATE TABLE things (id int PRIMARY KEY, v text NOT NULL)")
+        await conn.execute("INSERT INTO things VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+    finally:
+        await conn.close()
+    target = tmp_path / "home.db"
+    done = tier_cli("migrate", postgres_database, sqlite_url(target), "--execute", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with sqlite3.connect(target) as home:
+        home.execute("UPDATE things SET v = 'changed at home' WHERE id = 2")
+        home.execute("DELETE FROM things WHERE id = 3")
+    home.close()
+
+    again = tier_cli("migrate", postgres_database, sqlite_url(target), "--execute", cwd=tmp_path)
+
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert _summary(again.stdout)["things"] == {
+        "read": 3,
+        "written": 1,
+        "present": 1,
+        "rejected": 1,
+    }
+    assert "rejected things 2: primary key conflict" in again.stdout
+    with sqlite3.connect(target) as home:
+        rows = home.execute("SELECT id, v FROM things ORDER BY id").fetchall()
+    home.close()
+    assert rows == [(1, "a"), (2, "changed at home"), (3, "c")]

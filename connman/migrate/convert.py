@@ -196,7 +196,7 @@ class RowConverter:
         if not columns or not columns[0]:
             return []
         keys = [
-            list(map(_text_key, columns[i]))
+            list(map(as_text, columns[i]))
             if self.columns[i].column_type.kind == "text"
             else columns[i]
             for i in self.key
@@ -215,7 +215,9 @@ class RowConverter:
         return len(prepared.rows), prepared.checksum, prepared.rejects
 
 
-def _text_key(value: Any) -> Any:
+def as_text(value: Any) -> Any:
+    """Text read as UTF-8 bytes (for a binary COPY) as the text it is; anything else,
+    and bytes that are not UTF-8, as it is."""
     if isinstance(value, bytes):
         try:
             return value.decode("utf-8")

@@ -42,7 +42,7 @@ from connman.migrate.compare import (
     target_identities,
     target_sql,
 )
-from connman.migrate.convert import RowConverter, combine
+from connman.migrate.convert import RowConverter, as_text, combine
 from connman.migrate.endpoints import Endpoints, open_endpoints, read_batches
 from connman.migrate.errors import (
     MigrationError,
@@ -588,12 +588,7 @@ def _report_key(row: tuple[Any, ...], key_index: Sequence[int]) -> Any:
 
 def _shown(value: Any) -> Any:
     # Text keys read as UTF-8 bytes (binary COPY) are reported as the text they are.
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return value
-    return value
+    return as_text(value)
 
 
 def _parent(plan: TablePlan, row: tuple[Any, ...]) -> Any:
@@ -623,14 +618,9 @@ async def _write(
             # INSERT ... ON CONFLICT DO NOTHING kept the target's row: the same one,
             # or a conflict (reported, as into PostgreSQL).
             skip = {i for i, _ in refused}
-            keys = [driver_key(row, key_index) for row in rows]
-            there = await target_identities(ends, plan, keys)
-            for i, (key, easy, hard) in enumerate(converter.identities(batch.canon)):
-                other = there.get(key)
-                if i not in skip and other is not None and other != (easy, hard):
-                    present -= 1
-                    outcome.conflicts += 1
-                    outcome.reject(_report_key(rows[i], key_index), CONFLICT, rejects)
+            kept = [i for i in range(len(rows)) if i not in skip]
+            _, _, conflicts = await _sort_out(ends, plan, outcome, batch, kept, rejects, converter)
+            present -= conflicts
     else:
         assert isinstance(target, PostgresSide)
         written, present, refused = await _write_postgres(
@@ -665,19 +655,8 @@ async def _write_postgres(
     present = 0
     for _attempt in range(3):
         if key_index and state.probe:
-            keys = [driver_key(rows[i], key_index) for i in todo]
-            there = await target_identities(ends, plan, keys)
-            mine = converter.identities(batch.canon, todo)
-            left = []
-            for i, (key, easy, hard) in zip(todo, mine, strict=True):
-                other = there.get(key)
-                if other is None:
-                    left.append(i)
-                elif other == (easy, hard):
-                    present += 1
-                else:
-                    outcome.conflicts += 1
-                    outcome.reject(_report_key(rows[i], key_index), CONFLICT, rejects)
+            left, same, _ = await _sort_out(ends, plan, outcome, batch, todo, rejects, converter)
+            present += same
             state.looked_up(len(todo) - len(left))
             todo = left
         if not todo:
@@ -693,6 +672,37 @@ async def _write_postgres(
             raise TargetUnavailable(f"{plan.name}: a unique key refused rows of a keyless table")
         state.probe = True  # rows are there after all (written meanwhile): look them up
     raise TargetUnavailable(f"{plan.name}: rows keep conflicting with concurrent writes")
+
+
+async def _sort_out(
+    ends: Endpoints,
+    plan: TablePlan,
+    outcome: TableOutcome,
+    batch: _Batch,
+    indices: list[int],
+    rejects: RejectsFile,
+    converter: RowConverter,
+) -> tuple[list[int], int, int]:
+    """Look the rows of ``batch`` at ``indices`` up on the target by key: (those it
+    lacks, how many it holds as they are, how many it holds another row for). The
+    last are conflicts: rejected with :data:`CONFLICT`, never overwritten."""
+    rows = batch.rows
+    keys = [driver_key(rows[i], plan.key_index) for i in indices]
+    there = await target_identities(ends, plan, keys)
+    mine = converter.identities(batch.canon, indices)
+    absent: list[int] = []
+    same = conflicts = 0
+    for i, (key, easy, hard) in zip(indices, mine, strict=True):
+        other = there.get(key)
+        if other is None:
+            absent.append(i)
+        elif other == (easy, hard):
+            same += 1
+        else:
+            conflicts += 1
+            outcome.conflicts += 1
+            outcome.reject(_report_key(rows[i], plan.key_index), CONFLICT, rejects)
+    return absent, same, conflicts
 
 
 CONFLICT = (

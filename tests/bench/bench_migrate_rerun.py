@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import asyncpg
-from bench_migrate import create_database, generate  # this directory, run as a script
+from bench_migrate import connman_command, create_database, generate  # its sibling
 
 from connman.testing.cluster import LocalCluster
 
@@ -49,17 +49,7 @@ async def inserted(dsn: str) -> dict[str, int]:
 
 
 def run(source: Path, target: str, cwd: Path) -> tuple[float, str]:
-    command = [
-        sys.executable,
-        "-m",
-        "connman.cli",
-        "migrate",
-        "--from",
-        f"sqlite:///{source}",
-        "--to",
-        target,
-        "--execute",
-    ]
+    command = connman_command(source, target)
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, cwd=cwd, check=False)
     seconds = time.perf_counter() - started

@@ -1,7 +1,9 @@
-"""The ``connman`` command: ``status`` (and more subcommands as they land).
+"""The ``connman`` command: ``status``, ``demo``, ``check-coherence``, ``migrate``,
+``verify`` (each subcommand is registered by the module it drives).
 
 Exit codes: 0 success, 1 the database does not answer (or a check failed), 2 usage or
-configuration error. Output never contains a password.
+configuration error (each subcommand documents its own beyond these). Output never
+contains a password.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from connman import __version__
 from connman.config import PoolConfig
 from connman.errors import ConfigError, ConnmanError
 from connman.manager import ConnectionManager
@@ -43,13 +46,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="connman", description="kgents' connection manager: storage status and tools."
+        prog="connman",
+        description="kgents' connection manager: storage status and tools.",
+        epilog=STORAGE_HELP,
+        formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    status = sub.add_parser("status", help="resolved storage, whether it answers, pool settings")
+    status = sub.add_parser(
+        "status",
+        help="resolved storage, whether it answers, pool settings",
+        description="Show which database kgents' storage resolves to and why, whether it "
+        "answers, the pool settings, and each track's tables and row counts. Writes nothing.",
+        epilog=STORAGE_HELP,
+        formatter_class=HelpFormatter,
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument(
-        "--timeout", type=float, default=None, help="seconds to wait for the database"
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for the database (default: KGENTS_POOL_CONNECT_TIMEOUT, "
+        f"else {PoolConfig().connect_timeout:g})",
     )
     status.add_argument(
         "--metrics",
@@ -62,7 +80,44 @@ def _parser() -> argparse.ArgumentParser:
     # Other subcommands live with the code they drive; each module adds its parser.
     for register in _subcommands():
         register(sub)
+    for name, command in sub.choices.items():
+        # One look for every --help: defaults shown, and a description even where a
+        # module gave only the one-line help.
+        command.formatter_class = HelpFormatter
+        if not command.description:
+            command.description = _help_of(sub, name)
     return parser
+
+
+STORAGE_HELP = (
+    "storage: KGENTS_DATABASE_URL (postgresql://... or sqlite:///path) names the database; "
+    "unset, the portable SQLite file $XDG_DATA_HOME/kgents/membrane.db "
+    "(~/.local/share/kgents/membrane.db). "
+    "Pool settings: KGENTS_POOL_* (e.g. KGENTS_POOL_CONNECT_TIMEOUT, "
+    "KGENTS_POOL_ACQUIRE_TIMEOUT)."
+)
+"""The epilog of ``connman --help`` and of the commands that use the resolved storage."""
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default (``(default: 5000)``) unless its help says it
+    already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        if action.option_strings or action.nargs in ("?", "*"):
+            return text + " (default: %(default)s)"
+        return text
+
+
+def _help_of(sub: Any, name: str) -> str:
+    for action in sub._choices_actions:  # argparse keeps each subcommand's help here
+        if action.dest == name and action.help:
+            text = str(action.help)
+            return text[:1].upper() + text[1:] + "."
+    return ""
 
 
 def _subcommands() -> list[Callable[[Any], None]]:

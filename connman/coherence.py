@@ -14,7 +14,8 @@ have either without the other. :func:`check_coherence` finds those, and with
   repair (``{"connman_repair": {...}}``).
 
 ``connman check-coherence [--repair] [--json]`` runs it on the resolved storage
-(exit 0 when coherent or fully repaired, 1 when not, 2 on a configuration error).
+(exit 0 when coherent or fully repaired, 1 when not, 2 on a configuration error, 3 when
+the database cannot be reached; errors go to stderr under a line naming the database).
 This module imports SQLAlchemy only when a check runs, so ``connman status`` stays fast.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -225,11 +227,27 @@ def _parse_iso(value: object) -> datetime | None:
 # -- CLI -------------------------------------------------------------------------------
 
 
+EXIT_COHERENT = 0
+"""Coherent (or ``--repair`` made it so)."""
+EXIT_INCOHERENT = 1
+"""Captures without crystals or crystals without captures remain."""
+EXIT_CONFIG = 2
+"""The configuration is wrong (a bad ``KGENTS_DATABASE_URL``, ``KGENTS_POOL_*``...)."""
+EXIT_UNREACHABLE = 3
+"""The database cannot be reached or read: nothing was checked."""
+
+
 def register_cli(subparsers: Any) -> None:
     """Add ``check-coherence`` to the ``connman`` command's subparsers."""
     parser = subparsers.add_parser(
         "check-coherence",
         help="compare Brain captures with brain_crystals; --repair creates what is missing",
+        description="Check that every Brain capture has a brain_crystals row with the same "
+        "id and every crystal a capture, on the database kgents' storage resolves to "
+        "(KGENTS_DATABASE_URL, else the portable SQLite file; never a fallback). With "
+        "--repair, create the missing counterparts (nothing is ever deleted). Exit codes: "
+        f"{EXIT_COHERENT} coherent, {EXIT_INCOHERENT} incoherent, {EXIT_CONFIG} configuration "
+        f"error, {EXIT_UNREACHABLE} the database cannot be reached.",
     )
     parser.add_argument(
         "--repair", action="store_true", help="create missing counterparts (never deletes)"
@@ -240,11 +258,15 @@ def register_cli(subparsers: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from connman.manager import ConnectionManager
+    from connman.resolve import resolve_storage
+
+    storage = resolve_storage()  # a ConfigError goes to main(): exit code 2
+    database = f"{storage.redacted_url} (from {storage.source})"
 
     async def check() -> CoherenceReport:
         # No degradation: checking the portable file when the configured PostgreSQL
         # is down would report on the wrong database.
-        async with ConnectionManager(degrade=False) as manager:
+        async with ConnectionManager(storage, degrade=False) as manager:
             return await check_coherence(manager, repair=args.repair)
 
     try:
@@ -254,15 +276,20 @@ def _run(args: argparse.Namespace) -> int:
     except ConnmanError as exc:
         message = redact_text(str(exc))
         if args.json:
-            print(json.dumps({"ok": False, "error": message}, indent=2))
-        else:
-            print(f"connman: {message}")
-        return 1
+            failed = {"ok": False, "database": storage.redacted_url, "error": message}
+            print(json.dumps(failed, indent=2))
+        # Stderr, whatever the format: the error is not a result to pipe on.
+        print(
+            f"connman check-coherence: cannot check {database}: {message}",
+            file=sys.stderr,
+        )
+        return EXIT_UNREACHABLE
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps({"database": storage.redacted_url, **report.to_dict()}, indent=2))
     else:
+        print(f"database                   {database}")
         _print(report)
-    return 0 if report.ok else 1
+    return EXIT_COHERENT if report.ok else EXIT_INCOHERENT
 
 
 def _print(report: CoherenceReport) -> None:

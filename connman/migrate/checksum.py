@@ -44,7 +44,17 @@ from typing import Any
 from connman.migrate.kinds import ColumnType
 from connman.migrate.pgcopy import encode_column, utf8
 
-__all__ = ["MASK", "Layout", "column_sum", "layout_for", "row_sum", "sql_checksum", "sum_digests"]
+__all__ = [
+    "MASK",
+    "Layout",
+    "column_sum",
+    "layout_for",
+    "row_sum",
+    "row_words",
+    "sql_checksum",
+    "sql_row_word",
+    "sum_digests",
+]
 
 MASK = (1 << 64) - 1
 _INT16 = struct.Struct(">h").pack
@@ -107,6 +117,28 @@ def column_sum(
     if part in ("hard", "all") and layout.hard:
         total += sum_digests(_rows_bytes(layout, columns, layout.key + layout.hard, known))
     return total & MASK
+
+
+def row_words(
+    layout: Layout,
+    columns: Sequence[Sequence[Any]],
+    *,
+    part: str,
+    shared: Mapping[int, tuple[list[bytes], list[bytes]]] | None = None,
+) -> list[int]:
+    """Each row's own 64-bit digest of ``part`` (``easy`` or ``hard``), in row order:
+    the terms :func:`column_sum` adds up (0 for every row when the part has no
+    column). What tells a row stored under the same key apart from its source."""
+    if not columns or not columns[0]:
+        return []
+    positions = layout.easy if part == "easy" else layout.key + layout.hard
+    if (layout.easy if part == "easy" else layout.hard) == ():
+        return [0] * len(columns[0])
+    rows = _rows_bytes(layout, columns, positions, shared or {})
+    words = array("Q", memoryview(b"".join(map(_digest, map(sha256, rows)))).cast("Q")[::4])
+    if not _BIG_ENDIAN:
+        words.byteswap()
+    return list(words)
 
 
 def sum_digests(rows: Iterable[bytes | memoryview]) -> int:
@@ -209,13 +241,21 @@ def _sql_value(quoted: str, kind: ColumnType) -> str:
     return f"coalesce('\\x{width:08x}'::bytea || {send % quoted}, {null})"
 
 
+def sql_row_word(names: Sequence[str], layout: Layout) -> str:
+    """The PostgreSQL expression of one row's easy-part digest (a signed bigint; mask
+    it with :data:`MASK`): :func:`row_words` (``part='easy'``) of the same row.
+    ``names`` are the quoted (or qualified) column names in copy order."""
+    if not layout.easy:
+        return "0::bigint"
+    values = [_sql_value(names[i], layout.types[i]) for i in layout.easy]
+    row = " || ".join([f"'\\x{len(values):04x}'::bytea", *values])
+    return f"('x' || encode(substr(sha256({row}), 1, 8), 'hex'))::bit(64)::bigint"
+
+
 def sql_checksum(table: str, names: Sequence[str], layout: Layout) -> str:
     """The PostgreSQL query computing (row count, easy-part checksum) of ``table``:
     the same number :func:`row_sum` (``part='easy'``) gives for the same rows.
     ``names`` are the quoted column names in copy order."""
     if not layout.easy:
         return f"SELECT count(*), 0 FROM {table}"
-    values = [_sql_value(names[i], layout.types[i]) for i in layout.easy]
-    row = " || ".join([f"'\\x{len(values):04x}'::bytea", *values])
-    word = f"('x' || encode(substr(sha256({row}), 1, 8), 'hex'))::bit(64)::bigint"
-    return f"SELECT count(*), coalesce(sum({word}), 0) FROM {table}"
+    return f"SELECT count(*), coalesce(sum({sql_row_word(names, layout)}), 0) FROM {table}"

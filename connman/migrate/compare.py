@@ -13,16 +13,31 @@ and the migration reported each with its reason.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+
+from connman.migrate.checksum import MASK, sql_row_word
 from connman.migrate.convert import RowConverter, combine
-from connman.migrate.endpoints import read_batches
+from connman.migrate.endpoints import Endpoints, read_batches
 from connman.migrate.plan import TablePlan
 from connman.migrate.postgres_side import PostgresSide
-from connman.migrate.sqlite_side import SqliteFile, quote_ident
+from connman.migrate.sqlite_side import SqliteFile, present_in_file, quote_ident, rows_in_file
 
-__all__ = ["Comparison", "Side", "side_checksum", "target_sql"]
+__all__ = [
+    "Comparison",
+    "Differences",
+    "Side",
+    "driver_key",
+    "find_differences",
+    "side_checksum",
+    "target_identities",
+    "target_sql",
+]
+
+SHOWN = 10
+"""Keys of each kind of difference named per table (all are counted)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +49,30 @@ class Side:
     unconvertible: int = 0
 
 
+@dataclass(slots=True)
+class Differences:
+    """The rows of one table that differ, found by primary key: the first
+    :data:`SHOWN` keys of each kind, and how many there are."""
+
+    differing: list[Any] = field(default_factory=list)
+    """Keys on both sides whose rows differ."""
+    n_differing: int = 0
+    missing: list[Any] = field(default_factory=list)
+    """Keys of source rows the target lacks."""
+    n_missing: int = 0
+    extra: list[Any] = field(default_factory=list)
+    """Keys of target rows the source lacks."""
+    n_extra: int = 0
+
+    def add(self, kind: str, key: Any) -> None:
+        """Count one difference of ``kind`` (``differing``, ``missing``, ``extra``)."""
+        count = f"n_{kind}"
+        setattr(self, count, getattr(self, count) + 1)
+        shown: list[Any] = getattr(self, kind)
+        if len(shown) < SHOWN:
+            shown.append(key)
+
+
 @dataclass(frozen=True, slots=True)
 class Comparison:
     """Source against target, for one table."""
@@ -42,6 +81,8 @@ class Comparison:
     source: Side
     target: Side | None
     """None: the table is missing on the target."""
+    differences: Differences | None = None
+    """Which rows differ, when the table differs and has a primary key."""
 
     @property
     def ok(self) -> bool:
@@ -65,12 +106,136 @@ class Comparison:
 def target_sql(plan: TablePlan, positions: Sequence[int] | None = None) -> str:
     """The query that reads ``plan``'s columns (or those at ``positions``) back from
     the target table."""
+    return f"SELECT {', '.join(_read_back(plan, positions))} FROM {quote_ident(plan.name)}"
+
+
+def _read_back(
+    plan: TablePlan, positions: Sequence[int] | None = None, alias: str = ""
+) -> list[str]:
     names = []
     chosen = plan.columns if positions is None else [plan.columns[i] for i in positions]
     for column in chosen:
-        quoted = quote_ident(column.name)
+        quoted = alias + quote_ident(column.name)
         names.append(f"{quoted}::text" if column.target.cast_text else quoted)
-    return f"SELECT {', '.join(names)} FROM {quote_ident(plan.name)}"
+    return names
+
+
+async def target_identities(
+    ends: Endpoints, plan: TablePlan, keys: list[Any]
+) -> dict[Any, tuple[int, int]]:
+    """Key -> (easy digest, hard digest) of the target's rows under ``keys`` (driver
+    values, as the source's rows carry them): what
+    :meth:`RowConverter.identities <connman.migrate.convert.RowConverter.identities>`
+    gives for the source's rows, so that a row stored under the same key is known to
+    be the same row or another. On PostgreSQL the server computes the easy part
+    (:func:`connman.migrate.checksum.sql_row_word`); only the key and the JSON and
+    numeric columns are read back."""
+    converter = plan.converter(ends.target_dialect)
+    if not keys:
+        return {}
+    target = ends.target
+    if isinstance(target, PostgresSide):
+        layout = converter.layout
+        positions = list(layout.key + layout.hard)
+        word = sql_row_word(_read_back(plan, alias="t."), layout)
+        select = [*_read_back(plan, positions, alias="t."), word]
+        rows = await target.rows_by_key(plan.name, plan.primary_key, plan.key_types, keys, select)
+        subset = converter.subset(positions)
+        prepared = subset.prepare([r[:-1] for r in rows])
+        refused = {i for i, _ in prepared.rejects}
+        words = [r[-1] & MASK for i, r in enumerate(rows) if i not in refused]
+        return {
+            key: (easy, hard)
+            for (key, _, hard), easy in zip(subset.identities(prepared.canon), words, strict=True)
+        }
+    path = ends.target_url.database or ""
+    columns = ", ".join(_read_back(plan))
+    rows = await anyio.to_thread.run_sync(
+        rows_in_file, path, plan.name, plan.primary_key, keys, columns
+    )
+    prepared = converter.prepare(rows)
+    return {key: (easy, hard) for key, easy, hard in converter.identities(prepared.canon)}
+
+
+async def find_differences(
+    ends: Endpoints, plan: TablePlan, target_rows: int, *, batch_rows: int, batch_bytes: int
+) -> Differences:
+    """Which rows of a keyed table differ: the source is read as the copy reads it
+    and each batch's rows looked up on the target by key (differing, missing); then,
+    when the target holds more rows than it matched, its keys are read until
+    :data:`SHOWN` of them are found missing from the source (extra)."""
+    found = Differences()
+    raw = plan.binary_copy(ends.source_url.dialect, ends.target_dialect)
+    converter = plan.converter(ends.target_dialect, raw_text=raw)
+    key_index = plan.key_index
+    flagged = plan.self_fk is not None
+
+    def prepare(batch: list[tuple[Any, ...]]) -> tuple[list[Any], list[tuple[Any, int, int]]]:
+        if flagged:
+            batch = [r[:-1] for r in batch if not (r[-1] and plan.reject_orphans)]
+        prepared = converter.prepare(batch)
+        keys = [driver_key(r, key_index) for r in prepared.rows]
+        return keys, converter.identities(prepared.canon)
+
+    matched = 0
+    async for keys, ids in read_batches(
+        ends.source,
+        plan.source_sql(ends.source_url.dialect),
+        batch_rows=batch_rows,
+        batch_bytes=batch_bytes,
+        prepare=prepare,
+        raw_text=raw,
+    ):
+        there = await target_identities(ends, plan, keys)
+        for key, easy, hard in ids:
+            other = there.get(key)
+            if other is None:
+                found.add("missing", key)
+            else:
+                matched += 1
+                if other != (easy, hard):
+                    found.add("differing", key)
+    found.n_extra = max(0, target_rows - matched)
+    if found.n_extra:
+        await _extra_keys(ends, plan, found, batch_rows=batch_rows, batch_bytes=batch_bytes)
+    return found
+
+
+async def _extra_keys(
+    ends: Endpoints, plan: TablePlan, found: Differences, *, batch_rows: int, batch_bytes: int
+) -> None:
+    """The first keys of target rows the source lacks."""
+    names = ", ".join(quote_ident(k) for k in plan.primary_key)
+    sql = f"SELECT {names} FROM {quote_ident(plan.name)}"
+    reader = (
+        ends.target
+        if isinstance(ends.target, PostgresSide)
+        else SqliteFile(ends.target_url.database or "")
+    )
+    source = ends.source
+    single = len(plan.primary_key) == 1
+    async for batch in read_batches(
+        reader, sql, batch_rows=batch_rows, batch_bytes=batch_bytes, prepare=list
+    ):
+        keys = [r[0] if single else tuple(r) for r in batch]
+        if isinstance(source, SqliteFile):
+            there = await anyio.to_thread.run_sync(
+                present_in_file, source.path, plan.name, plan.primary_key, keys
+            )
+        else:
+            there = await source.present_keys(plan.name, plan.primary_key, plan.key_types, keys)
+        for key in keys:
+            if key not in there:
+                found.extra.append(key)
+                if len(found.extra) >= SHOWN:
+                    return
+
+
+def driver_key(row: tuple[Any, ...], key_index: Sequence[int]) -> Any:
+    """The key of a row of driver values (a tuple for a key of several columns)."""
+    if len(key_index) == 1:
+        return row[key_index[0]]
+    return tuple(row[i] for i in key_index)
 
 
 async def side_checksum(

@@ -31,7 +31,7 @@ from decimal import Decimal, InvalidOperation
 from itertools import repeat
 from typing import Any
 
-from connman.migrate.checksum import MASK, column_sum, layout_for, sum_digests
+from connman.migrate.checksum import MASK, column_sum, layout_for, row_words, sum_digests
 from connman.migrate.kinds import ColumnType
 from connman.migrate.pgcopy import CopyRows, Encoded, Encoder, encode_column
 
@@ -88,6 +88,8 @@ class Prepared:
     encoded: CopyRows | None = None
     """The accepted rows in PostgreSQL's binary COPY format, when the converter was
     given encoders (:mod:`connman.migrate.pgcopy`)."""
+    canon: Sequence[Sequence[Any]] = ()
+    """The accepted rows' canonical values, column by column (what is hashed)."""
 
 
 class RowConverter:
@@ -179,7 +181,30 @@ class RowConverter:
             checksum = sum_digests(encoded.rows()) & MASK
         else:
             checksum = column_sum(self.layout, canon, part=part, shared=shared)
-        return Prepared(out, checksum, sorted(bad.items()), encoded)
+        return Prepared(out, checksum, sorted(bad.items()), encoded, canon)
+
+    def identities(
+        self, canon: Sequence[Sequence[Any]], indices: Sequence[int] | None = None
+    ) -> list[tuple[Any, int, int]]:
+        """(key, easy digest, hard digest) of each row of ``canon`` (a
+        :attr:`Prepared.canon`), or of those at ``indices``: a row's identity on either
+        side, compared by key. Text keys are ``str`` whether read as text or as UTF-8
+        bytes."""
+        columns = canon
+        if indices is not None:
+            columns = [[values[j] for j in indices] for values in columns]
+        if not columns or not columns[0]:
+            return []
+        keys = [
+            list(map(as_text, columns[i]))
+            if self.columns[i].column_type.kind == "text"
+            else columns[i]
+            for i in self.key
+        ]
+        ids: list[Any] = list(keys[0]) if len(keys) == 1 else list(zip(*keys, strict=True))
+        easy = row_words(self.layout, columns, part="easy")
+        hard = row_words(self.layout, columns, part="hard")
+        return list(zip(ids, easy, hard, strict=True))
 
     def canonical(
         self, rows: Sequence[tuple[Any, ...]], *, part: str = "all"
@@ -188,6 +213,17 @@ class RowConverter:
         needs (``part``: ``all``, ``easy``, ``hard``; see checksum.row_sum)."""
         prepared = self._prepare(rows, part=part)
         return len(prepared.rows), prepared.checksum, prepared.rejects
+
+
+def as_text(value: Any) -> Any:
+    """Text read as UTF-8 bytes (for a binary COPY) as the text it is; anything else,
+    and bytes that are not UTF-8, as it is."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value
+    return value
 
 
 def combine(a: int, b: int) -> int:

@@ -13,25 +13,43 @@ bytes and the batch is sent in PostgreSQL's binary COPY format, built here
 Once a table's rows are in, its keys and indexes are built (side by side) and it is
 verified, on the server, while the next table copies (``jobs`` tables copy at once;
 a table waits for the tables it references). Killed at any point, a run leaves
-whole batches only; the next run finds them (see
-:mod:`connman.migrate.postgres_side`) and finishes the rest.
+whole batches only. The next run finds them without sending them again: the source
+is read in the same order, and while the target holds what was read so far each
+batch's keys are looked up before it is sent (:class:`WriteState`, the target's
+high-water mark); a key the target holds is the same row (already present) or
+another one (a conflict: reported, never overwritten; compared by
+:meth:`RowConverter.identities <connman.migrate.convert.RowConverter.identities>`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
 from connman.migrate.checksum import sql_checksum
-from connman.migrate.compare import Comparison, Side, side_checksum, target_sql
-from connman.migrate.convert import combine
+from connman.migrate.compare import (
+    Comparison,
+    Side,
+    driver_key,
+    find_differences,
+    side_checksum,
+    target_identities,
+    target_sql,
+)
+from connman.migrate.convert import RowConverter, as_text, combine
 from connman.migrate.endpoints import Endpoints, open_endpoints, read_batches
-from connman.migrate.errors import MigrationError, SchemaIncompatible, SourceError
+from connman.migrate.errors import (
+    MigrationError,
+    SchemaIncompatible,
+    SourceError,
+    TargetUnavailable,
+)
 from connman.migrate.kinds import ValueStats
 from connman.migrate.model import Catalog, Table
 from connman.migrate.pgcopy import CopyRows
@@ -42,7 +60,7 @@ from connman.migrate.plan import (
     order_tables,
     plan_table,
 )
-from connman.migrate.postgres_side import PostgresSide, WriteState
+from connman.migrate.postgres_side import PostgresSide
 from connman.migrate.report import Progress, RejectsFile
 from connman.migrate.sqlite_side import SqliteFile, SqliteWriter, present_in_file, quote_ident
 
@@ -95,6 +113,10 @@ class TableOutcome:
     checksum: int = 0
     rejects: list[tuple[Any, str]] = field(default_factory=list)
     """The first rejected rows (key, reason)."""
+    conflicts: int = 0
+    """Rejected rows whose key the target holds for another row (see :data:`CONFLICT`)."""
+    target_rows: int = 0
+    """Rows the target table held before the copy."""
     note: str | None = None
     comparison: Comparison | None = None
 
@@ -102,6 +124,18 @@ class TableOutcome:
     def name(self) -> str:
         """The table's name."""
         return self.plan.name
+
+    @property
+    def merged(self) -> bool:
+        """Verified: equal to the source, or holding every source row (but the
+        conflicts, reported) besides rows of its own."""
+        c = self.comparison
+        if c is None:
+            return False
+        if c.ok:
+            return True
+        d = c.differences
+        return d is not None and d.n_missing == 0 and d.n_differing == self.conflicts
 
     def reject(self, key: Any, reason: str, file: RejectsFile) -> None:
         """Count and record one rejected row."""
@@ -133,26 +167,36 @@ class Migration:
 
     @property
     def verify_ok(self) -> bool:
-        """Every table verified equal."""
-        return self.verified and all(
-            o.comparison is not None and o.comparison.ok for o in self.outcomes
+        """Every table verified: equal, or (rows the target holds of its own, written
+        there while the source was written elsewhere) every source row is on the
+        target but the conflicts reported."""
+        return self.verified and all(o.merged for o in self.outcomes)
+
+    @property
+    def already_complete(self) -> bool:
+        """Nothing was sent: the target held every row it could take already."""
+        return self.executed and all(
+            o.written == 0
+            and o.conflicts == 0
+            and (o.present == o.convertible or not o.plan.primary_key)
+            for o in self.outcomes
         )
 
 
-async def migrate(options: MigrateOptions, *, progress: Progress | None = None) -> Migration:
-    """Run a migration (or its dry run); see the module docstring."""
+async def migrate(
+    options: MigrateOptions,
+    *,
+    progress: Progress | None = None,
+    on_plan: Callable[[Migration], None] | None = None,
+) -> Migration:
+    """Run a migration (or its dry run); see the module docstring. ``on_plan`` is
+    called with the plans (no outcome yet) before anything is written."""
     started = time.perf_counter()
     ends = await open_endpoints(options.source, options.target, dry_run=not options.execute)
     rejects = RejectsFile(options.rejects_path if options.execute else None)
     try:
         plans, skipped = await _plan(ends, options.tables)
         outcomes = [TableOutcome(plan) for plan in plans]
-        if options.execute:
-            for plan in plans:
-                if plan.create:
-                    assert ends.target is not None
-                    await ends.target.create(plan.create)
-        await _run_all(ends, outcomes, options, progress or Progress(), rejects)
         result = Migration(
             source=ends.source_url.redacted(),
             target=ends.target_url.redacted(),
@@ -161,8 +205,17 @@ async def migrate(options: MigrateOptions, *, progress: Progress | None = None) 
             skipped=skipped,
             executed=options.execute,
             verified=options.execute and options.verify,
-            rejects_path=options.rejects_path if rejects.count and options.execute else None,
         )
+        if on_plan is not None:
+            on_plan(result)
+        if options.execute:
+            for plan in plans:
+                if plan.create:
+                    assert ends.target is not None
+                    await ends.target.create(plan.create)
+        await _run_all(ends, outcomes, options, progress or Progress(), rejects)
+        if rejects.count and options.execute:
+            result.rejects_path = options.rejects_path
     finally:
         rejects.close()
         await ends.aclose()
@@ -189,7 +242,8 @@ async def verify(
             if plan.name not in target_catalog.tables:
                 comparisons.append(Comparison(plan.name, source_side, None))
                 continue
-            comparisons.append(await _compare(ends, plan, source_side, batch_rows, batch_bytes))
+            compared = await _compare(ends, plan, source_side, batch_rows, batch_bytes)
+            comparisons.append(await _explain(ends, plan, compared, batch_rows, batch_bytes))
         return comparisons
     finally:
         await ends.aclose()
@@ -340,9 +394,14 @@ async def _run_table(
 
     async def check() -> None:
         begun = time.perf_counter()
-        source_side = Side(outcome.convertible, outcome.checksum, outcome.rejected)
-        outcome.comparison = await _compare(
+        source_side = Side(
+            outcome.convertible, outcome.checksum, outcome.rejected - outcome.conflicts
+        )
+        compared = await _compare(
             ends, outcome.plan, source_side, options.batch_rows, options.batch_bytes
+        )
+        outcome.comparison = await _explain(
+            ends, outcome.plan, compared, options.batch_rows, options.batch_bytes
         )
         outcome.verify_seconds = time.perf_counter() - begun
 
@@ -383,14 +442,19 @@ async def _copy_table(
     if options.execute and plan.loading and isinstance(target, PostgresSide):
         await target.create(plan.constraints)
         plan.constraints, plan.key_build = (), None
-    if options.execute and not keyed and plan.target_exists:
+    state = WriteState()
+    if options.execute and plan.target_exists:
         assert target is not None
-        if await _target_count(ends, plan.name) > 0:
-            copy_rows = False
-            outcome.note = (
-                "the target table already has rows and no primary key: nothing copied; "
-                "verify compares them"
-            )
+        outcome.target_rows = await _target_count(ends, plan.name)
+        # Rows there already: look each batch's keys up before sending it, from the
+        # first batch on (a COPY into a complete table would fail and roll back).
+        state.probe = outcome.target_rows > 0
+    if options.execute and not keyed and plan.target_exists and outcome.target_rows > 0:
+        copy_rows = False
+        outcome.note = (
+            "the target table already has rows and no primary key: nothing copied; "
+            "verify compares them"
+        )
 
     def prepare(batch: list[tuple[Any, ...]]) -> _Batch:
         refused: list[tuple[Any, str]] = []
@@ -414,10 +478,16 @@ async def _copy_table(
         prepared = converter.prepare(batch_rows)
         for index, reason in prepared.rejects:
             refused.append((_report_key(batch_rows[index], key_index), reason))
-        return _Batch(len(batch), prepared.rows, prepared.checksum, refused, prepared.encoded)
+        return _Batch(
+            len(batch),
+            prepared.rows,
+            prepared.checksum,
+            refused,
+            prepared.encoded,
+            prepared.canon,
+        )
 
     progress.start(plan.name, outcome.source_rows)
-    state = WriteState()
     sql = plan.source_sql(ends.source_url.dialect)
     # Two batches in flight on two connections keep the server busy while the next
     # COPY is being encoded; a parents-first table keeps one, in order.
@@ -448,7 +518,7 @@ async def _copy_table(
             if batch.rows:
                 if copy_rows:
                     await settle(depth - 1)
-                    write = _write(ends, plan, outcome, batch, state, rejects)
+                    write = _write(ends, plan, outcome, batch, state, rejects, converter, progress)
                     inflight.add(asyncio.ensure_future(write))
                     if depth == 1:
                         await settle(0)
@@ -475,6 +545,31 @@ class _Batch:
     refused: list[tuple[Any, str]]
     encoded: CopyRows | None = None
     """``rows`` in binary COPY form (see :mod:`connman.migrate.pgcopy`)."""
+    canon: Sequence[Sequence[Any]] = ()
+    """``rows``' canonical values, column by column (their identities)."""
+
+
+HOLES = 2
+"""Batches found absent in a row before a resumed copy stops looking keys up first:
+a killed run may have committed a batch after one it never finished (two are in
+flight at once)."""
+
+
+@dataclass(slots=True)
+class WriteState:
+    """Per-table memory of the writer: look the next batch's keys up before sending
+    it? Yes while the target holds the rows read so far (a resumed or repeated run
+    walks through what is there sending keys only, never rows); no once :data:`HOLES`
+    batches in a row were found absent (the target's high-water mark is passed: plain
+    COPY from there on)."""
+
+    probe: bool = False
+    absent: int = 0
+
+    def looked_up(self, found: int) -> None:
+        """A lookup found ``found`` of a batch's keys on the target."""
+        self.absent = 0 if found else self.absent + 1
+        self.probe = self.absent < HOLES
 
 
 def _key(row: tuple[Any, ...], key_index: Sequence[int]) -> Any:
@@ -493,12 +588,7 @@ def _report_key(row: tuple[Any, ...], key_index: Sequence[int]) -> Any:
 
 def _shown(value: Any) -> Any:
     # Text keys read as UTF-8 bytes (binary COPY) are reported as the text they are.
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return value
-    return value
+    return as_text(value)
 
 
 def _parent(plan: TablePlan, row: tuple[Any, ...]) -> Any:
@@ -513,31 +603,113 @@ async def _write(
     batch: _Batch,
     state: WriteState,
     rejects: RejectsFile,
+    converter: RowConverter,
+    progress: Progress,
 ) -> None:
     target = ends.target
     key_index = plan.key_index
     rows = batch.rows
-    if isinstance(target, PostgresSide):
-        written, present, refused = await target.write(
-            plan.name,
-            plan.column_names,
-            rows,
-            key_index=key_index,
-            key_types=plan.key_types,
-            state=state,
-            encoded=batch.encoded,
-        )
-    else:
-        assert isinstance(target, SqliteWriter)
+    if isinstance(target, SqliteWriter):
         written, refused = await target.write(
             plan.name, plan.column_names, rows, keyed=bool(plan.primary_key)
         )
         present = len(rows) - written - len(refused)
+        if present and key_index:
+            # INSERT ... ON CONFLICT DO NOTHING kept the target's row: the same one,
+            # or a conflict (reported, as into PostgreSQL).
+            skip = {i for i, _ in refused}
+            kept = [i for i in range(len(rows)) if i not in skip]
+            _, _, conflicts = await _sort_out(ends, plan, outcome, batch, kept, rejects, converter)
+            present -= conflicts
+    else:
+        assert isinstance(target, PostgresSide)
+        written, present, refused = await _write_postgres(
+            ends, plan, outcome, batch, state, rejects, converter
+        )
     outcome.written += written
     outcome.present += present
+    progress.written(written)
     for index, reason in refused:
         # Still counted as convertible on the source side: verify shows the gap.
         outcome.reject(_report_key(rows[index], key_index), reason, rejects)
+
+
+async def _write_postgres(
+    ends: Endpoints,
+    plan: TablePlan,
+    outcome: TableOutcome,
+    batch: _Batch,
+    state: WriteState,
+    rejects: RejectsFile,
+    converter: RowConverter,
+) -> tuple[int, int, list[tuple[int, str]]]:
+    """(written, already present, refused) of one batch into PostgreSQL: its keys
+    looked up first while ``state`` says so; rows whose key is there are left out,
+    counted as present when they are the same row, rejected as a conflict when the
+    target holds another row under that key (never overwritten)."""
+    target = ends.target
+    assert isinstance(target, PostgresSide)
+    key_index = plan.key_index
+    rows = batch.rows
+    todo = list(range(len(rows)))
+    present = 0
+    for _attempt in range(3):
+        if key_index and state.probe:
+            left, same, _ = await _sort_out(ends, plan, outcome, batch, todo, rejects, converter)
+            present += same
+            state.looked_up(len(todo) - len(left))
+            todo = left
+        if not todo:
+            return 0, present, []
+        whole = len(todo) == len(rows)
+        part = rows if whole else [rows[i] for i in todo]
+        data = batch.encoded if whole or batch.encoded is None else batch.encoded.subset(todo)
+        done = await target.write(plan.name, plan.column_names, part, encoded=data)
+        if done is not None:
+            written, dup, refused = done
+            return written, present + dup, [(todo[i], why) for i, why in refused]
+        if not key_index:
+            raise TargetUnavailable(f"{plan.name}: a unique key refused rows of a keyless table")
+        state.probe = True  # rows are there after all (written meanwhile): look them up
+    raise TargetUnavailable(f"{plan.name}: rows keep conflicting with concurrent writes")
+
+
+async def _sort_out(
+    ends: Endpoints,
+    plan: TablePlan,
+    outcome: TableOutcome,
+    batch: _Batch,
+    indices: list[int],
+    rejects: RejectsFile,
+    converter: RowConverter,
+) -> tuple[list[int], int, int]:
+    """Look the rows of ``batch`` at ``indices`` up on the target by key: (those it
+    lacks, how many it holds as they are, how many it holds another row for). The
+    last are conflicts: rejected with :data:`CONFLICT`, never overwritten."""
+    rows = batch.rows
+    keys = [driver_key(rows[i], plan.key_index) for i in indices]
+    there = await target_identities(ends, plan, keys)
+    mine = converter.identities(batch.canon, indices)
+    absent: list[int] = []
+    same = conflicts = 0
+    for i, (key, easy, hard) in zip(indices, mine, strict=True):
+        other = there.get(key)
+        if other is None:
+            absent.append(i)
+        elif other == (easy, hard):
+            same += 1
+        else:
+            conflicts += 1
+            outcome.conflicts += 1
+            outcome.reject(_report_key(rows[i], plan.key_index), CONFLICT, rejects)
+    return absent, same, conflicts
+
+
+CONFLICT = (
+    "primary key conflict: the target holds a different row under this key; it was "
+    "left as it is (not overwritten)"
+)
+"""The reject reason of a source row whose key the target uses for another row."""
 
 
 async def _present(ends: Endpoints, plan: TablePlan, rows: list[tuple[Any, ...]]) -> int:
@@ -647,3 +819,15 @@ async def _compare(
         batch_bytes=batch_bytes,
     )
     return Comparison(plan.name, source_side, target_side)
+
+
+async def _explain(
+    ends: Endpoints, plan: TablePlan, compared: Comparison, batch_rows: int, batch_bytes: int
+) -> Comparison:
+    """``compared``, with the rows that differ found by key when the table differs."""
+    if compared.ok or compared.target is None or not plan.primary_key:
+        return compared
+    differences = await find_differences(
+        ends, plan, compared.target.rows, batch_rows=batch_rows, batch_bytes=batch_bytes
+    )
+    return dataclasses.replace(compared, differences=differences)

@@ -10,6 +10,7 @@ from connman.errors import ConnmanError
 
 __all__ = [
     "EXIT_DIFFERENCES",
+    "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_SCHEMA",
     "EXIT_SOURCE",
@@ -38,6 +39,8 @@ EXIT_SCHEMA = 5
 """A table on the target has a schema the source's rows cannot go into."""
 EXIT_TARGET_FULL = 6
 """The target ran out of space (disk full); nothing half-written stays behind."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C (128 + SIGINT): whole batches only are on the target; rerun to resume."""
 
 
 class MigrationError(ConnmanError):

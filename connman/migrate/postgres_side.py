@@ -1,15 +1,14 @@
 """PostgreSQL on either side, through ``migrate`` leases of the ConnectionManager.
 
 **Writing** a batch is one transaction: ``COPY`` (asyncpg's binary
-``copy_records_to_table``) straight into the table. A row whose primary key exists
-already makes that fail with a unique violation, and then the batch is *probed*:
-the keys present are fetched (``JOIN unnest($1::type[])``), those rows are counted
-as already present and left out, and the rest is copied. After a batch that needed
-a probe the next one is probed first, so a resumed run skips the copied part with
-one index lookup per batch and no failed COPY; after a probe that found nothing it
-goes back to plain COPY. A batch the server refuses for a row's content (a foreign
-key, a constraint, an encoding) is split in halves under savepoints until each
-refused row is alone; those are rejected with the server's message, the rest copied.
+``copy_records_to_table``, or connman's own binary COPY data) straight into the
+table. A row whose primary key exists already makes that fail with a unique
+violation, and nothing of the batch stays: :meth:`PostgresSide.write` says so, and
+the caller (:mod:`connman.migrate.copy`) looks the batch's keys up
+(:meth:`PostgresSide.rows_by_key`, ``JOIN unnest($1::type[])``) and copies the rest.
+A batch the server refuses for a row's content (a foreign key, a constraint, an
+encoding) is split in halves under savepoints until each refused row is alone; those
+are rejected with the server's message, the rest copied.
 
 **Reading** runs one server-side cursor inside a ``REPEATABLE READ READ ONLY``
 transaction: a consistent snapshot, streamed in chunks, never a whole table in memory.
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -33,7 +31,7 @@ from connman.migrate.pgcopy import CopyRows
 from connman.migrate.sqlite_side import approx_size, quote_ident
 from connman.urls import redact_text
 
-__all__ = ["PostgresSide", "WriteState"]
+__all__ = ["PostgresSide"]
 
 _CONSUMER = "migrate"
 # pg_advisory_xact_lock key of connman's DDL (the adapters' key: one lock for all).
@@ -74,13 +72,6 @@ WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
 _CATALOG_INDEXES = """
 SELECT tablename, indexname FROM pg_indexes WHERE schemaname = current_schema()
 """
-
-
-@dataclass(slots=True)
-class WriteState:
-    """Per-table memory of the writer: probe the next batch first?"""
-
-    probe: bool = False
 
 
 class PostgresSide:
@@ -195,9 +186,9 @@ class PostgresSide:
         """Which of ``keys`` exist in ``table`` (values for one column, tuples for
         several), without writing anything. Text read as UTF-8 bytes is looked up
         (and returned) as text."""
-        keys = [_text_key(k, key_types) for k in keys]
-        async with self._manager.lease(_CONSUMER, url=self._url) as lease:
-            return await _probe(lease.connection, table, key_columns, key_types, keys)
+        select = [f"t.{quote_ident(c)}" for c in key_columns]
+        rows = await self.rows_by_key(table, key_columns, key_types, keys, select)
+        return {r[0] for r in rows} if len(key_columns) == 1 else set(rows)
 
     # -- writing ---------------------------------------------------------------------
 
@@ -216,43 +207,47 @@ class PostgresSide:
         columns: Sequence[str],
         rows: list[tuple[Any, ...]],
         *,
-        key_index: Sequence[int],
-        key_types: Sequence[str],
-        state: WriteState,
         encoded: CopyRows | None = None,
-    ) -> tuple[int, int, list[tuple[int, str]]]:
-        """Copy ``rows``: (written, already present, [(index, reason) refused]).
-        ``encoded``: the same rows in binary COPY form (:mod:`connman.migrate.pgcopy`),
-        sent as they are instead of through asyncpg's codecs."""
-        key_columns = [columns[i] for i in key_index]
+    ) -> tuple[int, int, list[tuple[int, str]]] | None:
+        """Copy ``rows``: (written, already present, [(index, reason) refused]), or
+        None when a row's key exists on the target (nothing written: the caller looks
+        the keys up and copies the rest). ``encoded``: the same rows in binary COPY
+        form (:mod:`connman.migrate.pgcopy`), sent as they are."""
         async with self._writing() as conn:
-            for _attempt in range(3):
-                todo = list(range(len(rows)))
-                present = 0
-                if key_index and state.probe:
-                    keys = [_text_key(_key(rows[i], key_index), key_types) for i in todo]
-                    found = await _probe(conn, table, key_columns, key_types, keys)
-                    todo = [i for i, k in zip(todo, keys, strict=True) if k not in found]
-                    present = len(rows) - len(todo)
-                    state.probe = present > 0
-                if not todo:
-                    return 0, present, []
-                whole = len(todo) == len(rows)
-                batch = rows if whole else [rows[i] for i in todo]
-                data = encoded if whole or encoded is None else encoded.subset(todo)
-                try:
-                    # One COPY is one transaction by itself (autocommit): no
-                    # BEGIN/COMMIT round trips.
-                    await _copy(conn, table, columns, batch, data)
-                    return len(batch), present, []
-                except asyncpg.UniqueViolationError:
-                    if not key_index:
-                        raise
-                    state.probe = True  # rows exist: probe and retry
-                except _ROW_ERRORS:
-                    written, dup, refused = await _bisect(conn, table, columns, batch, data)
-                    return written, present + dup, [(todo[i], why) for i, why in refused]
-            raise TargetUnavailable(f"{table}: rows keep conflicting with concurrent writes")
+            try:
+                # One COPY is one transaction by itself (autocommit): no
+                # BEGIN/COMMIT round trips.
+                await _copy(conn, table, columns, rows, encoded)
+                return len(rows), 0, []
+            except asyncpg.UniqueViolationError:
+                return None
+            except _ROW_ERRORS:
+                return await _bisect(conn, table, columns, rows, encoded)
+
+    async def rows_by_key(
+        self,
+        table: str,
+        key_columns: Sequence[str],
+        key_types: Sequence[str],
+        keys: list[Any],
+        select: Sequence[str],
+    ) -> list[tuple[Any, ...]]:
+        """The ``select`` expressions (over the table as ``t``) of the rows of
+        ``table`` whose key is among ``keys`` (values for one key column, tuples for
+        several; text read as UTF-8 bytes is looked up as text). Reads only."""
+        keys = [_text_key(k, key_types) for k in keys]
+        names = ", ".join(quote_ident(c) for c in key_columns)
+        arrays = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(key_types))
+        sql = (
+            f"SELECT {', '.join(select)} FROM {quote_ident(table)} AS t "
+            f"JOIN unnest({arrays}) AS k({names}) USING ({names})"
+        )
+        if len(key_columns) == 1:
+            args: list[Any] = [keys]
+        else:
+            args = [list(c) for c in zip(*keys, strict=True)] if keys else [[] for _ in key_columns]
+        async with self._writing() as conn:
+            return [tuple(r) for r in await conn.fetch(sql, *args)]
 
     async def finish(
         self,
@@ -309,12 +304,6 @@ class PostgresSide:
                 raise _classify(exc) from None
 
 
-def _key(row: tuple[Any, ...], key_index: Sequence[int]) -> Any:
-    if len(key_index) == 1:
-        return row[key_index[0]]
-    return tuple(row[i] for i in key_index)
-
-
 def _text_key(key: Any, key_types: Sequence[str]) -> Any:
     """A key as the server returns it: text read as UTF-8 bytes (binary COPY) is
     decoded again (the probe compares it with what the server sends back)."""
@@ -327,21 +316,6 @@ def _as_str(value: Any, type_name: str) -> Any:
     if isinstance(value, bytes) and type_name != "bytea":
         return value.decode("utf-8")
     return value
-
-
-async def _probe(
-    conn: Any, table: str, key_columns: Sequence[str], key_types: Sequence[str], keys: list[Any]
-) -> set[Any]:
-    names = ", ".join(quote_ident(c) for c in key_columns)
-    arrays = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(key_types))
-    sql = (
-        f"SELECT {names} FROM {quote_ident(table)} "
-        f"JOIN unnest({arrays}) AS k({names}) USING ({names})"
-    )
-    if len(key_columns) == 1:
-        return {r[0] for r in await conn.fetch(sql, keys)}
-    args = [list(col) for col in zip(*keys, strict=True)] if keys else [[] for _ in key_columns]
-    return {tuple(r) for r in await conn.fetch(sql, *args)}
 
 
 async def _copy(

@@ -59,6 +59,8 @@ class Progress:
         self._interval = interval if not self._tty else 0.1
         self._last = time.monotonic()
         self._drawn = False
+        self.rows_written = 0
+        """Rows committed on the target so far (what an interrupted run reports)."""
 
     def start(self, table: str, total: int) -> None:
         """A table's copy begins; ``total`` rows to read."""
@@ -75,9 +77,17 @@ class Progress:
             self._last = now
             self._draw()
 
+    def written(self, rows: int) -> None:
+        """``rows`` more rows committed on the target."""
+        self.rows_written += rows
+
     def finish(self, table: str) -> None:
         """A table is done (its summary line is printed by the caller)."""
         self._bars.pop(table, None)
+        self.clear()
+
+    def clear(self) -> None:
+        """Take the bar off the terminal's line (before anything else is printed)."""
         if self._tty and self._drawn:
             self._stream.write("\r\x1b[K")
             self._drawn = False

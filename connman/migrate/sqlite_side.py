@@ -31,7 +31,14 @@ from connman.migrate.errors import SchemaIncompatible, SourceError, TargetFull, 
 from connman.migrate.kinds import ValueStats, from_sqlite, stats_sql
 from connman.migrate.model import Catalog, Column, ForeignKey, Table
 
-__all__ = ["SqliteFile", "SqliteWriter", "approx_size", "present_in_file", "quote_ident"]
+__all__ = [
+    "SqliteFile",
+    "SqliteWriter",
+    "approx_size",
+    "present_in_file",
+    "quote_ident",
+    "rows_in_file",
+]
 
 _HEADER = b"SQLite format 3\x00"
 _CONSUMER = "migrate"
@@ -423,29 +430,36 @@ def _classify(exc: sqlite3.Error, path: str) -> Exception:
 def present_in_file(path: str, table: str, key_columns: Sequence[str], keys: list[Any]) -> set[Any]:
     """Which of ``keys`` exist in ``table`` of the SQLite file at ``path`` (read-only;
     a missing file or table holds none)."""
+    select = ", ".join(quote_ident(c) for c in key_columns)
+    rows = rows_in_file(path, table, key_columns, keys, select)
+    return {r[0] for r in rows} if len(key_columns) == 1 else {tuple(r) for r in rows}
+
+
+def rows_in_file(
+    path: str, table: str, key_columns: Sequence[str], keys: list[Any], select: str
+) -> list[tuple[Any, ...]]:
+    """The ``select`` columns of the rows of ``table`` in the SQLite file at ``path``
+    whose key is among ``keys`` (read-only; a missing file or table holds none)."""
     if not keys or not os.path.exists(path):
-        return set()
+        return []
     source = SqliteFile(path)
     conn = source.connect()
     try:
         names = ", ".join(quote_ident(c) for c in key_columns)
-        found: set[Any] = set()
+        found: list[tuple[Any, ...]] = []
         step = 500 // max(1, len(key_columns))
         for start in range(0, len(keys), step):
             part = keys[start : start + step]
             if len(key_columns) == 1:
                 marks = ", ".join("?" * len(part))
-                sql = f"SELECT {names} FROM {quote_ident(table)} WHERE {names} IN ({marks})"
-                found.update(r[0] for r in conn.execute(sql, part).fetchall())
+                where, args = f"{names} IN ({marks})", list(part)
             else:
                 marks = ", ".join("(" + ", ".join("?" * len(key_columns)) + ")" for _ in part)
-                sql = (
-                    f"SELECT {names} FROM {quote_ident(table)} WHERE ({names}) IN (VALUES {marks})"
-                )
-                flat = [v for key in part for v in key]
-                found.update(tuple(r) for r in conn.execute(sql, flat).fetchall())
+                where, args = f"({names}) IN (VALUES {marks})", [v for key in part for v in key]
+            sql = f"SELECT {select} FROM {quote_ident(table)} WHERE {where}"
+            found.extend(tuple(r) for r in conn.execute(sql, args).fetchall())
         return found
     except sqlite3.OperationalError:
-        return set()
+        return []
     finally:
         conn.close()

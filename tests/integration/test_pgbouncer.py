@@ -196,11 +196,12 @@ def test_connman_through_pgbouncer_with_the_statement_cache_off(bouncer, cluster
 
 def test_statement_cache_on_breaks_behind_pgbouncer(bouncer):
     """The trap: with the statement cache on, asyncpg prepares a named statement on
-    one server connection and later uses it on another, which does not know it."""
+    one server connection and later uses it on another, which does not know it.
+    (``pgbouncer="off"`` skips the check that keeps the cache off by default.)"""
     b = bouncer(2)
 
     async def run() -> None:
-        config = PoolConfig(statement_cache_size=100, min_size=2, max_size=2)
+        config = PoolConfig(statement_cache_size=100, min_size=2, max_size=2, pgbouncer="off")
         async with ConnectionManager(b.url(), config=config) as manager:
             one = await manager.acquire("a")
             two = await manager.acquire("b")

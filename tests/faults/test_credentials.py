@@ -5,9 +5,8 @@ one, ``expire_connections()`` replaces every connection, and no lease fails."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 import asyncpg
@@ -15,8 +14,8 @@ import pytest
 from faultkit import admin_connect, app_name, wait_until
 
 from connman import ConnectionManager, PoolConfig
-from connman.testing.cluster import ClusterUnavailable, LocalCluster
-from connman.testing.plugin import unavailable
+from connman.testing.cluster import LocalCluster
+from connman.testing.plugin import throwaway_cluster
 
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
 
@@ -24,26 +23,10 @@ ROLE = "rotating"
 
 
 @pytest.fixture(scope="module")
-def scram_cluster() -> Any:
-    try:
-        cluster = LocalCluster()
-    except ClusterUnavailable as exc:
-        unavailable(str(exc))
-    try:
-        cluster.start()
+def scram_cluster() -> Iterator[LocalCluster]:
+    with throwaway_cluster(f"CREATE ROLE {ROLE} LOGIN PASSWORD 'first-secret-1'") as cluster:
         cluster.require_password("scram-sha-256")
-
-        async def create_role() -> None:
-            admin = await asyncpg.connect(cluster.dsn)
-            try:
-                await admin.execute(f"CREATE ROLE {ROLE} LOGIN PASSWORD 'first-secret-1'")
-            finally:
-                await admin.close()
-
-        anyio.run(create_role)
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 @dataclass

@@ -22,8 +22,8 @@ import asyncpg
 import pytest
 
 from connman import ConnectionManager, PoolConfig
-from connman.testing.cluster import ClusterUnavailable, LocalCluster
-from connman.testing.plugin import unavailable
+from connman.testing.cluster import LocalCluster
+from connman.testing.plugin import throwaway_cluster
 
 pytestmark = pytest.mark.postgres
 
@@ -110,25 +110,10 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
     """One throwaway cluster for the module (each test starts its own pgbouncer)."""
-    try:
-        local = LocalCluster()
-    except ClusterUnavailable as exc:
-        unavailable(str(exc))
-    try:
-        local.start()
-
-        async def prepare() -> None:
-            admin = await asyncpg.connect(local.dsn)
-            try:
-                await admin.execute(f"CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'")
-                await admin.execute(f"CREATE DATABASE kgents OWNER {USER}")
-            finally:
-                await admin.close()
-
-        anyio.run(prepare)
+    with throwaway_cluster(
+        f"CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'", f"CREATE DATABASE kgents OWNER {USER}"
+    ) as local:
         yield local
-    finally:
-        local.destroy()
 
 
 @pytest.fixture

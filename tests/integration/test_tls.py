@@ -10,6 +10,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from connman import ConfigError, ConnectionManager, PoolConfig, PoolUnavailable
-from connman.testing.cluster import ClusterUnavailable, LocalCluster
-from connman.testing.plugin import unavailable
+from connman.testing.cluster import LocalCluster
+from connman.testing.plugin import throwaway_cluster, unavailable
 
 pytestmark = pytest.mark.postgres
 
@@ -73,32 +74,26 @@ class TlsCluster:
 
 
 @pytest.fixture(scope="module")
-def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsCluster]:
+def tls_cluster() -> Iterator[TlsCluster]:
     if shutil.which("openssl") is None:
         unavailable("openssl is not installed (apt-get install openssl)")
-    certs = tmp_path_factory.mktemp("tls")
-    ca = make_ca(certs, "ca")
-    wrong_ca = make_ca(certs, "wrong-ca")
-    cert, key = make_server_cert(certs, "ca")
+    # Not under pytest's tmp dirs: the server reads its key as its own user, through
+    # directories only root may enter. It refuses a key others can read.
+    certs = Path(tempfile.mkdtemp(prefix="connman-tls-"))
     try:
-        cluster = LocalCluster()
-    except ClusterUnavailable as exc:
-        unavailable(str(exc))
-    # The server reads its key as its own user, and refuses a key others can read.
-    server_cert, server_key = cluster.base / "server.crt", cluster.base / "server.key"
-    shutil.copy(cert, server_cert)
-    shutil.copy(key, server_key)
-    server_key.chmod(0o600)
-    if os.geteuid() == 0:
-        user = pwd.getpwnam("postgres")
-        for path in (server_cert, server_key):
-            os.chown(path, user.pw_uid, user.pw_gid)
-    cluster.settings.update(ssl="on", ssl_cert_file=str(server_cert), ssl_key_file=str(server_key))
-    try:
-        cluster.start()
-        yield TlsCluster(cluster, ca, wrong_ca)
+        ca = make_ca(certs, "ca")
+        wrong_ca = make_ca(certs, "wrong-ca")
+        cert, key = make_server_cert(certs, "ca")
+        key.chmod(0o600)
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            for path in (certs, cert, key):
+                os.chown(path, user.pw_uid, user.pw_gid)
+        settings = {"ssl": "on", "ssl_cert_file": str(cert), "ssl_key_file": str(key)}
+        with throwaway_cluster(settings=settings) as cluster:
+            yield TlsCluster(cluster, ca, wrong_ca)
     finally:
-        cluster.destroy()
+        shutil.rmtree(certs, ignore_errors=True)
 
 
 async def test_verify_full_with_the_right_ca_and_a_tilde_path(tls_cluster, tmp_path, monkeypatch):

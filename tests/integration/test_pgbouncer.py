@@ -25,6 +25,8 @@ from connman import ConnectionManager, PoolConfig
 from connman.testing.cluster import LocalCluster
 from connman.testing.plugin import throwaway_cluster
 
+from .pgbouncer_load import run_load
+
 pytestmark = pytest.mark.postgres
 
 DEPLOY_INI = Path(__file__).parents[2] / "deploy" / "pgbouncer" / "pgbouncer.ini"
@@ -204,3 +206,16 @@ def test_statement_cache_on_breaks_behind_pgbouncer(bouncer):
                 await two.release()
 
     anyio.run(run)
+
+
+def test_default_settings_through_transaction_mode_give_no_wrong_answer(bouncer):
+    """Issue 11: 4 processes x pool 10 x 16 tasks through transaction mode with the
+    default settings (statement cache on) ran statements under other clients' names:
+    wrong answers with no error, and protocol errors. Each new connection now sees
+    that a pooler answers for the server and keeps the cache off."""
+    b = bouncer(4)
+    figures = run_load(b.url(), processes=4, tasks=16, ops=100)
+    print(f"through pgbouncer, default settings: {figures}")
+    assert figures["wrong"] == 0, figures
+    assert figures["errors"] == {}, figures
+    assert figures["completed"] == figures["operations"] == 4 * 16 * 100

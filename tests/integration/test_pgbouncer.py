@@ -219,3 +219,38 @@ def test_default_settings_through_transaction_mode_give_no_wrong_answer(bouncer)
     assert figures["wrong"] == 0, figures
     assert figures["errors"] == {}, figures
     assert figures["completed"] == figures["operations"] == 4 * 16 * 100
+
+
+def test_sqlalchemy_with_default_settings_through_transaction_mode(bouncer):
+    """The SQLAlchemy adapter prepares statements of its own (named, cached per
+    connection): on a connection where connman keeps its cache off, so does it."""
+    from sqlalchemy import text
+
+    from connman.adapters.sqlalchemy import create_async_engine
+
+    b = bouncer(2)
+
+    async def run() -> list[BaseException]:
+        errors: list[BaseException] = []
+        async with ConnectionManager(b.url(), config=PoolConfig(min_size=0)) as manager:
+            engine = create_async_engine(manager)
+
+            async def work(n: int) -> None:
+                for i in range(20):
+                    k = n * 100 + i
+                    query = ("SELECT CAST(:k AS int) * 3", "SELECT CAST(:k AS int) + 1")[i % 2]
+                    try:
+                        async with engine.connect() as conn:
+                            value = await conn.scalar(text(query), {"k": k})
+                        assert value == (3 * k if i % 2 == 0 else k + 1), (query, k, value)
+                    except Exception as exc:
+                        errors.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                for n in range(8):
+                    tg.start_soon(work, n)
+            await engine.dispose()
+        return errors
+
+    errors = anyio.run(run)
+    assert not errors, f"{len(errors)} failed, e.g. {errors[0]!r}"

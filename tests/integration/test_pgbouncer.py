@@ -141,7 +141,7 @@ def test_deploy_config_is_transaction_mode():
     ini.read(DEPLOY_INI)
     assert ini["pgbouncer"]["pool_mode"] == "transaction"
     assert ini["pgbouncer"]["listen_port"] == "6432"
-    assert "KGENTS_POOL_STATEMENT_CACHE_SIZE=0" in DEPLOY_INI.read_text()
+    assert "KGENTS_POOL_PGBOUNCER=transaction" in DEPLOY_INI.read_text()
 
 
 def test_connman_through_pgbouncer_with_the_statement_cache_off(bouncer, cluster):

@@ -86,7 +86,7 @@ class PoolConfig:
     ``transaction``: yes (statement_cache_size becomes 0, no check); ``off``: no, or a
     pooler that keeps prepared statements (session mode, PgBouncer >= 1.21 with
     max_prepared_statements)."""
-    credential_provider: CredentialProvider | None = field(default=None, compare=False)
+    credential_provider: CredentialProvider | None = None
     """Called (sync or async) for the password of every new PostgreSQL connection,
     instead of the URL's; for passwords and tokens that rotate."""
 

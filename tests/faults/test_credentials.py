@@ -190,3 +190,15 @@ async def test_expire_connections_and_discard_replace_connections(postgres_url):
             )
         finally:
             await admin.close()
+
+
+async def test_a_passfile_in_the_url_with_a_tilde(scram_cluster, admin, tmp_path, monkeypatch):
+    """No password in the URL: ``?passfile=~/...`` (expanded here; asyncpg would look
+    for a file literally named ``~``)."""
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:{scram_cluster.port}:postgres:{ROLE}:first-secret-1\n")
+    passfile.chmod(0o600)  # asyncpg ignores a passfile others can read
+    monkeypatch.setenv("HOME", str(tmp_path))
+    url = f"postgresql://{ROLE}@127.0.0.1:{scram_cluster.port}/postgres?passfile=~/pgpass"
+    async with ConnectionManager(url, degrade=False) as manager, manager.lease("pf") as lease:
+        assert await lease.connection.fetchval("SELECT current_user") == ROLE

@@ -6,6 +6,7 @@ once with a TLS hint, not at the acquire deadline; a missing file is named."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -15,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from connman import ConfigError, ConnectionManager, PoolConfig, PoolUnavailable
@@ -41,8 +43,9 @@ def make_ca(directory: Path, name: str) -> Path:
     return directory / f"{name}.pem"
 
 
-def make_server_cert(directory: Path, ca: str) -> tuple[Path, Path]:
-    """A server certificate for 127.0.0.1 and localhost signed by ``ca``."""
+def make_server_cert(directory: Path, ca: str, name: str = "server") -> tuple[Path, Path]:
+    """A server certificate for 127.0.0.1 and localhost signed by ``ca``: the
+    certificate and key files ``{name}.crt``, ``{name}.key``."""
     (directory / "server.ext").write_text(
         "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
         "basicConstraints=CA:FALSE\n"
@@ -52,25 +55,48 @@ def make_server_cert(directory: Path, ca: str) -> tuple[Path, Path]:
     )
     _openssl(
         "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost",
+        "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", "/CN=localhost",
         cwd=directory,
     )  # fmt: skip
     _openssl(
-        "x509", "-req", "-in", "server.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-        "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "server.ext",
+        "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+        "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", "server.ext",
         cwd=directory,
     )  # fmt: skip
-    return directory / "server.crt", directory / "server.key"
+    return directory / f"{name}.crt", directory / f"{name}.key"
+
+
+def server_owned(*paths: Path) -> None:
+    """Make files readable by the server's user only (it refuses a key others can
+    read), whoever runs the tests."""
+    for path in paths:
+        path.chmod(0o700 if path.is_dir() else 0o600)
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(path, user.pw_uid, user.pw_gid)
 
 
 class TlsCluster:
-    def __init__(self, cluster: LocalCluster, ca: Path, wrong_ca: Path) -> None:
+    def __init__(self, cluster: LocalCluster, certs: Path) -> None:
         self.cluster = cluster
-        self.ca = ca
-        self.wrong_ca = wrong_ca
+        self.certs = certs
+        self.ca = certs / "ca.pem"
+        self.wrong_ca = certs / "wrong-ca.pem"
 
     def url(self, query: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.cluster.port}/postgres?{query}"
+
+
+@contextlib.contextmanager
+def tls_server(certs: Path, name: str) -> Iterator[LocalCluster]:
+    """A cluster with ssl=on serving ``{name}.crt`` (a copy: tests may swap it)."""
+    cert, key = certs / f"{name}-live.crt", certs / f"{name}-live.key"
+    shutil.copy(certs / "server.crt", cert)
+    shutil.copy(certs / "server.key", key)
+    server_owned(cert, key)
+    settings = {"ssl": "on", "ssl_cert_file": str(cert), "ssl_key_file": str(key)}
+    with throwaway_cluster(settings=settings) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")
@@ -81,17 +107,13 @@ def tls_cluster() -> Iterator[TlsCluster]:
     # directories only root may enter. It refuses a key others can read.
     certs = Path(tempfile.mkdtemp(prefix="connman-tls-"))
     try:
-        ca = make_ca(certs, "ca")
-        wrong_ca = make_ca(certs, "wrong-ca")
-        cert, key = make_server_cert(certs, "ca")
-        key.chmod(0o600)
-        if os.geteuid() == 0:
-            user = pwd.getpwnam("postgres")
-            for path in (certs, cert, key):
-                os.chown(path, user.pw_uid, user.pw_gid)
-        settings = {"ssl": "on", "ssl_cert_file": str(cert), "ssl_key_file": str(key)}
-        with throwaway_cluster(settings=settings) as cluster:
-            yield TlsCluster(cluster, ca, wrong_ca)
+        make_ca(certs, "ca")
+        make_ca(certs, "wrong-ca")
+        make_server_cert(certs, "ca")
+        make_server_cert(certs, "wrong-ca", name="impostor")
+        server_owned(certs)
+        with tls_server(certs, "module") as cluster:
+            yield TlsCluster(cluster, certs)
     finally:
         shutil.rmtree(certs, ignore_errors=True)
 
@@ -148,3 +170,37 @@ async def test_a_missing_certificate_file_is_named(tls_cluster, tmp_path, monkey
             pass
     assert f"{tmp_path}/nowhere/ca.pem" in str(info.value)
     assert "sslrootcert" in str(info.value)
+
+
+async def test_a_certificate_that_stops_verifying_fails_waiters_at_once(tls_cluster):
+    """The server's certificate is replaced by one the client's CA did not sign (a
+    rotation gone wrong) while the pool runs. Once its connections are gone, leases
+    fail at once with the TLS hint instead of waiting out acquire_timeout."""
+    certs = tls_cluster.certs
+    with tls_server(certs, "rotated") as cluster:
+        url = (
+            f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres"
+            f"?sslmode=verify-full&sslrootcert={certs / 'ca.pem'}"
+        )
+        config = PoolConfig(acquire_timeout=20, min_size=1, max_size=2)
+        async with ConnectionManager(url, config=config, degrade=False) as manager:
+            async with manager.lease("tls") as lease:
+                assert await lease.connection.fetchval("SELECT 1") == 1
+            shutil.copy(certs / "impostor.crt", certs / "rotated-live.crt")
+            shutil.copy(certs / "impostor.key", certs / "rotated-live.key")
+            admin = await asyncpg.connect(cluster.dsn)
+            try:
+                await admin.execute("SELECT pg_reload_conf()")
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                )
+            finally:
+                await admin.close()
+            started = time.monotonic()
+            with pytest.raises(PoolUnavailable) as info:
+                async with manager.lease("tls"):
+                    pass
+            waited = time.monotonic() - started
+        assert waited < 5, f"waited {waited:.1f}s of the 20s acquire timeout"
+        assert "sslrootcert" in str(info.value), str(info.value)

@@ -21,7 +21,7 @@ __all__ = ["ENV_PREFIX", "CredentialProvider", "PoolConfig", "parse_flag"]
 
 ENV_PREFIX = "KGENTS_POOL_"
 
-CredentialProvider: TypeAlias = Callable[[], "str | Awaitable[str]"]
+CredentialProvider: TypeAlias = Callable[[], str | Awaitable[str]]
 """A function (sync or async) returning the password or token of a new connection."""
 
 _PGBOUNCER_MODES = ("auto", "transaction", "off")

@@ -5,7 +5,7 @@ Resolve storage once (:func:`resolve_storage`), keep one pool per database
 (``manager.lease("dgent")``), and report what happens (:meth:`ConnectionManager.stats`).
 """
 
-from connman.config import PoolConfig
+from connman.config import CredentialProvider, PoolConfig
 from connman.errors import (
     AcquireTimeout,
     AdapterError,
@@ -31,6 +31,7 @@ __all__ = [
     "ConfigError",
     "ConnectionManager",
     "ConnmanError",
+    "CredentialProvider",
     "DatabaseURL",
     "DatumConflict",
     "InvalidInput",

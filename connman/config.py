@@ -11,15 +11,22 @@ import dataclasses
 import math
 import os
 import types
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 from connman.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "PoolConfig"]
+__all__ = ["ENV_PREFIX", "CredentialProvider", "PoolConfig", "parse_flag"]
 
 ENV_PREFIX = "KGENTS_POOL_"
+
+CredentialProvider: TypeAlias = Callable[[], str | Awaitable[str]]
+"""A function (sync or async) returning the password or token of a new connection."""
+
+_PGBOUNCER_MODES = ("auto", "transaction", "off")
+# Fields that hold code, not values: they cannot come from the environment.
+_CODE_FIELDS = frozenset({"credential_provider"})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -67,12 +74,30 @@ class PoolConfig:
     """asyncpg's default per-query timeout; None: no timeout."""
     sqlite_busy_timeout: float = 30.0
     """How long SQLite waits for a lock held by another connection before it fails."""
+    max_connecting: int = 3
+    """Connection attempts in flight at once per pool (psycopg_pool runs 3 workers): a
+    burst of waiters against a full server does not become a burst of connects."""
+    require_tls: bool = False
+    """Refuse a PostgreSQL URL off this machine whose certificate is not verified
+    (sslmode other than verify-ca/verify-full); ``KGENTS_REQUIRE_TLS=1`` does the same."""
+    pgbouncer: Literal["auto", "transaction", "off"] = "auto"
+    """A transaction-mode pooler in front of PostgreSQL? ``auto``: every new connection
+    checks (one round trip) and keeps the statement cache off when one is there;
+    ``transaction``: yes (statement_cache_size becomes 0, no check); ``off``: no, or a
+    pooler that keeps prepared statements (session mode, PgBouncer >= 1.21 with
+    max_prepared_statements)."""
+    credential_provider: CredentialProvider | None = None
+    """Called (sync or async) for the password of every new PostgreSQL connection,
+    instead of the URL's; for passwords and tokens that rotate."""
 
     def __post_init__(self) -> None:
         # Freeze the mapping so a config shared by several pools cannot drift.
         limits = dict(self.consumer_limits)
         object.__setattr__(self, "consumer_limits", types.MappingProxyType(limits))
         self._validate()
+        if self.pgbouncer == "transaction":
+            # Named prepared statements die with the transaction behind such a pooler.
+            object.__setattr__(self, "statement_cache_size", 0)
 
     # -- construction --------------------------------------------------------------
 
@@ -91,8 +116,8 @@ class PoolConfig:
             if not key.startswith(ENV_PREFIX):
                 continue
             name = key[len(ENV_PREFIX) :].lower()
-            if name not in fields:
-                known = ", ".join(ENV_PREFIX + n.upper() for n in fields)
+            if name not in fields or name in _CODE_FIELDS:
+                known = ", ".join(ENV_PREFIX + n.upper() for n in fields if n not in _CODE_FIELDS)
                 raise ConfigError(f"{key} is not a pool setting. Known: {known}")
             # Blank counts as unset (compose files pass ${X:-}); an override wins
             # without its env value being parsed at all.
@@ -131,6 +156,16 @@ class PoolConfig:
             if getattr(self, name) is not None:
                 _seconds(getattr(self, name), name)
         _int(self.statement_cache_size, "statement_cache_size", lowest=0)
+        _int(self.max_connecting, "max_connecting", lowest=1)
+        if not isinstance(self.require_tls, bool):
+            raise ConfigError(f"require_tls={self.require_tls!r} must be True or False")
+        if self.pgbouncer not in _PGBOUNCER_MODES:
+            raise ConfigError(
+                f"pgbouncer={self.pgbouncer!r} is not a mode. "
+                f"Accepted: {', '.join(_PGBOUNCER_MODES)}"
+            )
+        if self.credential_provider is not None and not callable(self.credential_provider):
+            raise ConfigError("credential_provider must be a function returning the password")
         if self.reconnect_max_delay < self.reconnect_initial_delay:
             raise ConfigError("reconnect_max_delay must be >= reconnect_initial_delay")
         if not isinstance(self.application_name, str):
@@ -156,6 +191,17 @@ def _seconds(value: object, name: str, *, allow_zero: bool = False) -> None:
         raise ConfigError(f"{name}={value!r} must be a finite number of seconds {bound}")
 
 
+def parse_flag(key: str, raw: str) -> bool:
+    """An environment variable's boolean (``1/0, true/false, yes/no, on/off``; blank is
+    False). Raises :class:`ConfigError` naming ``key`` for anything else."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{key}={raw!r} is not a boolean. Accepted: 1/0, true/false, yes/no, on/off")
+
+
 def _parse_env_value(key: str, name: str, raw: str) -> Any:
     if name == "consumer_limits":
         limits: dict[str, int] = {}
@@ -169,11 +215,13 @@ def _parse_env_value(key: str, name: str, raw: str) -> Any:
                 raise ConfigError(f"{key}={raw!r}: expected name=n[,name=n...], e.g. sqlalchemy=6")
             limits[consumer.strip()] = limit
         return limits
-    if name == "application_name":
-        return raw
+    if name in ("application_name", "pgbouncer"):
+        return raw.lower() if name == "pgbouncer" else raw
+    if name == "require_tls":
+        return parse_flag(key, raw)
     if name in ("leak_threshold", "command_timeout") and raw.lower() in ("", "none", "off"):
         return None
-    if name in ("min_size", "max_size", "statement_cache_size"):
+    if name in ("min_size", "max_size", "statement_cache_size", "max_connecting"):
         try:
             return int(raw)
         except ValueError:

@@ -9,11 +9,12 @@ manager degraded away from reaches the pool that replaced it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from types import TracebackType
 from typing import Any
 
-from connman.config import PoolConfig
+from connman.config import CredentialProvider, PoolConfig
 from connman.drivers import driver_for
 from connman.errors import ConfigError, ConnmanError, LeaseError, PoolClosed, PoolUnavailable
 from connman.logging import bind_lease_context, get_logger, unbind_lease_context
@@ -236,12 +237,16 @@ class Lease:
                 handle=loop.call_later(threshold, self._leaked),
             )
 
-    async def release(self, *, failed: bool = False) -> None:
+    async def release(self, *, failed: bool = False, discard: bool = False) -> None:
         """Give the connection back (``async with`` does this). Idempotent.
 
         ``failed``: the holder's work ended with an error or a cancellation, so the
         connection may be mid-operation; it is cleaned (or closed) before reuse.
+        ``discard``: close this physical connection instead of reusing it (the pool
+        opens a new one when needed), e.g. after changing what a session cannot undo.
         """
+        if discard and self._state == 1 and self._pool is not None and self._pooled is not None:
+            self._pool.retire(self._pooled)
         if self._state != 1:
             self._state = 2
             return
@@ -293,6 +298,9 @@ class ConnectionManager:
         url: the database; ``None`` resolves storage from the environment
             (:func:`connman.resolve_storage`). A :class:`~connman.Storage` is used as is.
         config: pool settings; ``None`` reads :meth:`PoolConfig.from_env`.
+        credential_provider: a function (sync or async) returning the password (or
+            token) for every new PostgreSQL connection; sets
+            ``config.credential_provider``.
         degrade: fall back Production -> Unified -> Portable when the database cannot
             be reached at start-up. ``None``: on for resolved storage unless
             ``KGENTS_STORAGE_STRICT`` is set; off for an explicit ``url`` string (code
@@ -307,6 +315,7 @@ class ConnectionManager:
         config: PoolConfig | None = None,
         degrade: bool | None = None,
         observer: PoolObserver | None = None,
+        credential_provider: CredentialProvider | None = None,
     ) -> None:
         if url is None or isinstance(url, Storage):
             storage = resolve_storage() if url is None else url
@@ -320,6 +329,8 @@ class ConnectionManager:
         self.storage = storage
         """What was asked for (the resolved storage); see :attr:`degraded`."""
         self.config = config if config is not None else PoolConfig.from_env()
+        if credential_provider is not None:
+            self.config = dataclasses.replace(self.config, credential_provider=credential_provider)
         self._degrade = default_degrade if degrade is None else degrade
         self._observer = observer
         self._pools: dict[str, Pool] = {}  # normalized URL key -> pool (aliases too)
@@ -474,6 +485,19 @@ class ConnectionManager:
             await pool.open(wait=False)
         self._by_text[url] = pool
         return pool
+
+    async def expire_connections(self, url: str | None = None) -> None:
+        """Replace every connection of every pool (or of ``url``'s pool) with a new one
+        (asyncpg's name): idle ones close now, leased ones when they are released, so
+        no lease fails. After a credential rotation, a server's configuration change,
+        or before maintenance."""
+        if url is None:
+            pools = list({id(p): p for p in self._pools.values()}.values())
+        else:
+            found = self._by_text.get(url) or self._pools.get(parse_url(url).key)
+            pools = [] if found is None else [found]
+        for pool in pools:
+            pool.expire_connections()
 
     def set_observer(self, observer: PoolObserver | None) -> None:
         """Route per-lease timings of every pool, present and future, to ``observer``

@@ -140,6 +140,14 @@ class Pool:
         self._timer_at = math.inf
 
         self._last_error: str | None = None
+        # The driver's advice for the last connect error's cause (TLS, server full...).
+        self._last_hint: str | None = None
+        # Connect failures since the last success, and whether this backoff cycle has
+        # logged: one warning per cycle, not one per attempt.
+        self._cycle_failures = 0
+        self._cycle_logged = False
+        # Bumped by expire_connections(): a connect begun before it is retired too.
+        self._generation = 0
         self._failing = False
         self._permanent_error = False
         self._backoff = 0.0
@@ -178,9 +186,12 @@ class Pool:
                 self._closed.set()
                 await self._driver.stop()
                 if isinstance(exc, Exception):
+                    hint = self._driver.hint(exc) or (
+                        "Check that the server runs and that the URL (host, port, user, "
+                        "password) is right"
+                    )
                     raise PoolUnavailable(
-                        f"cannot connect to {self.name}: {_describe(exc)}. Check that the "
-                        "server runs and that the URL (host, port, user, password) is right."
+                        f"cannot connect to {self.name}: {_describe(exc)}. {hint}."
                     ) from None
                 raise
             self._idle.append(pooled)
@@ -609,8 +620,14 @@ class Pool:
                 f"{text}; the database is unreachable, last connect error: {self._last_error}",
                 consumer,
             )
+        advice = (
+            "Raise max_size or acquire_timeout (KGENTS_POOL_MAX_SIZE, "
+            "KGENTS_POOL_ACQUIRE_TIMEOUT), or set leak_threshold to find who holds them"
+        )
         if self._last_error is not None:
             text += f"; last connect error: {self._last_error}"
+            if self._failing and self._last_hint is not None:
+                advice = self._last_hint  # e.g. a full server: more connections won't do
         self._counters[S.TIMEOUTS] += 1
         if self._observer is not None:
             self._observer.acquire_failed(self.name, consumer, "timeout")
@@ -623,10 +640,7 @@ class Pool:
             waiting=self._n_waiting,
             limit=limit,
         )
-        return AcquireTimeout(
-            f"{text}. Raise max_size or acquire_timeout (KGENTS_POOL_MAX_SIZE, "
-            "KGENTS_POOL_ACQUIRE_TIMEOUT), or set leak_threshold to find who holds them."
-        )
+        return AcquireTimeout(f"{text}. {advice}.")
 
     def _unavailable(self, text: str, consumer: str) -> PoolUnavailable:
         if not text.startswith("no connection"):
@@ -634,7 +648,8 @@ class Pool:
         self._counters[S.UNAVAILABLE] += 1
         if self._observer is not None:
             self._observer.acquire_failed(self.name, consumer, "unavailable")
-        return PoolUnavailable(f"{text}. The pool keeps reconnecting in the background.")
+        hint = f" {self._last_hint}." if self._last_hint is not None else ""
+        return PoolUnavailable(f"{text}.{hint} The pool keeps reconnecting in the background.")
 
     # ================================================================= growth
 
@@ -648,7 +663,10 @@ class Pool:
         # demand: no endless background retries for min_size, no log line every 5 s.
         floor = 0 if self._permanent_error else self._min_size - size
         want = max(floor, self._n_waiting - len(self._idle)) - self._connecting
-        for _ in range(min(room, want)):
+        # A few attempts at a time (the next starts when one ends): against a full or
+        # slow server a burst of connects only adds load.
+        in_flight = self.config.max_connecting - self._connecting
+        for _ in range(min(room, want, in_flight)):
             self._connecting += 1
             self._spawn(self._connect_in_background())
 
@@ -678,27 +696,43 @@ class Pool:
 
     async def _open_connection(self) -> PooledConnection:
         started = _monotonic()
+        generation = self._generation
         try:
             conn = await self._driver.connect()
         except Exception as exc:
             self._counters[S.CONNECT_ERRORS] += 1
             self._last_error = _describe(exc)
+            self._last_hint = self._driver.hint(exc)
             self._failing = True
+            self._cycle_failures += 1
             if self._observer is not None:
                 self._observer.connect_failed(self.name)
-            self._log.warning("connect_failed", error=self._last_error, consumer=None)
+            if not self._cycle_logged:
+                self._cycle_logged = True
+                self._log.warning(
+                    "connect_failed",
+                    error=self._last_error,
+                    hint=self._last_hint,
+                    failures=self._cycle_failures,
+                    consumer=None,
+                )
             raise
         now = _monotonic()
         self._counters[S.CONNECTIONS_OPENED] += 1
         if self._failing:
             self._log.warning("reconnected", after_error=self._last_error, consumer=None)
         self._failing = False
+        self._last_hint = None
+        self._cycle_failures = 0
+        self._cycle_logged = False
         self._permanent_error = False
         self._backoff = 0.0
         if self._observer is not None:
             self._observer.connection_opened(self.name, now - started)
         self._log.debug("connection_opened", seconds=round(now - started, 6), consumer=None)
         pooled = PooledConnection(conn, now, self.config.max_lifetime)
+        if generation != self._generation:
+            pooled.expires = -math.inf  # begun before expire_connections(): retire it
         self._conns.add(pooled)
         return pooled
 
@@ -710,14 +744,34 @@ class Pool:
             max(self._backoff * 2, cfg.reconnect_initial_delay), cfg.reconnect_max_delay
         )
         delay = self._backoff * (1 + random.uniform(-_BACKOFF_JITTER, _BACKOFF_JITTER))
-        self._log.info("reconnect_scheduled", delay=round(delay, 3), consumer=None)
+        # connect_failed said it at warning level, once for this cycle.
+        self._log.debug("reconnect_scheduled", delay=round(delay, 3), consumer=None)
         self._backoff_handle = self._loop.call_later(delay, self._leave_backoff)
 
     def _leave_backoff(self) -> None:
         self._backoff_handle = None
+        self._cycle_logged = False  # a new cycle: its first failure is logged
         self._grow()
 
     # ================================================================= shrinking
+
+    def retire(self, pooled: PooledConnection) -> None:
+        """Close ``pooled`` when it comes back instead of lending it again (a leased
+        connection is not interrupted). Uses the lifetime check every path makes."""
+        pooled.expires = -math.inf
+
+    def expire_connections(self) -> None:
+        """Replace every connection (asyncpg's name): idle ones are closed now, leased
+        ones when released, connects in flight when they land; new ones are opened as
+        needed. For rotated credentials, a server's new settings, maintenance."""
+        self._generation += 1
+        for pooled in self._conns:
+            self.retire(pooled)
+        idle, self._idle = self._idle, []
+        for pooled in idle:
+            self._drop(pooled, lost=False)
+        self._log.info("connections_expired", consumer=None)
+        self._grow()
 
     def _drop(self, pooled: PooledConnection, *, lost: bool, terminate: bool = False) -> None:
         """Take a connection out of the pool for good (it is neither idle nor in use

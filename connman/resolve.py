@@ -22,6 +22,7 @@ from enum import StrEnum
 from urllib.parse import quote
 
 from connman.errors import ConfigError
+from connman.tls import check_tls
 from connman.urls import DatabaseURL, parse_url
 
 __all__ = [
@@ -149,6 +150,9 @@ def resolve_storage(env: Mapping[str, str] | None = None) -> Storage:
         if xdg_warning:
             warnings.append(xdg_warning)
 
+    tls_warning = check_tls(url, env)  # raises when KGENTS_REQUIRE_TLS forbids the URL
+    if tls_warning is not None:
+        warnings.append(tls_warning)
     tier = _tier_override(env) or tier_of(url)
     strict = _flag(env, "KGENTS_STORAGE_STRICT")
     dgent_url = _dgent_url(env, url, source)

@@ -26,8 +26,10 @@ from typing import Any, cast
 
 import asyncpg
 
+from connman import tls
 from connman.config import PoolConfig
 from connman.drivers import BROKEN, CLEAN, DIRTY, NEEDS_FULL_RESET
+from connman.logging import get_logger
 from connman.urls import DatabaseURL, Dialect
 
 __all__ = ["FULL_RESET", "AsyncpgConnection", "AsyncpgDriver"]
@@ -222,35 +224,127 @@ class AsyncpgDriver:
     dialect: Dialect = "postgresql"
 
     def __init__(self, url: DatabaseURL, config: PoolConfig) -> None:
+        # Files (sslrootcert, passfile...) resolved now: a missing one is a config
+        # error naming it, not an anonymous OSError at every connect.
+        url = tls.resolve_files(url)
+        warning = tls.check_tls(url, require=config.require_tls)
+        if warning is not None:
+            get_logger("connman.pool", pool=url.redacted()).warning(
+                "tls_unverified", warning=warning, consumer=None
+            )
         self._dsn = url.connect_dsn()
         self._config = config
         # An application_name in the URL wins over the configured default.
         named = any(k.lower() == "application_name" for k, _ in url.query)
         self._server_settings = None if named else {"application_name": config.application_name}
+        # Probe each new connection for a transaction-mode pooler only when the
+        # statement cache would otherwise be on (see _behind_pooler).
+        self._probe = config.pgbouncer == "auto" and config.statement_cache_size > 0
+        self._pooler_logged = False
+        self._log = get_logger("connman.pool", pool=url.redacted())
 
     async def start(self) -> None:
         return None
 
     async def connect(self) -> AsyncpgConnection:
+        provider = self._config.credential_provider
+        try:
+            raw = await self._connect()
+        except asyncpg.InvalidAuthorizationSpecificationError:
+            if provider is None:
+                raise
+            # The secret may have rotated since the provider last answered: ask it
+            # again (asyncpg calls it per connect) before the pool fails its waiters.
+            raw = await self._connect()
+        if self._probe:
+            try:
+                async with asyncio.timeout(self._config.connect_timeout):
+                    pooled = await self._behind_pooler(raw)
+            except BaseException:
+                raw.terminate()
+                raise
+            if not pooled:
+                _enable_statement_cache(raw, self._config.statement_cache_size)
+        return AsyncpgConnection(raw)
+
+    async def _connect(self) -> asyncpg.Connection:
         cfg = self._config
-        raw = await asyncpg.connect(
+        return await asyncpg.connect(
             self._dsn,
+            password=cfg.credential_provider,
             timeout=cfg.connect_timeout,
             command_timeout=cfg.command_timeout,
-            statement_cache_size=cfg.statement_cache_size,
+            # With the probe, the cache starts off and is turned on once the server
+            # is known to be PostgreSQL itself.
+            statement_cache_size=0 if self._probe else cfg.statement_cache_size,
             server_settings=self._server_settings,
         )
-        return AsyncpgConnection(raw)
+
+    async def _behind_pooler(self, raw: asyncpg.Connection) -> bool:
+        """True when a pooler (PgBouncer, pgcat, RDS Proxy...) sits between us and the
+        server. Such a pooler answers the startup itself and hands out a cancel key of
+        its own, so the backend pid in BackendKeyData is not the pid of the backend
+        that runs our queries; a plain TCP proxy forwards both unchanged. In transaction
+        mode the next transaction may run on another backend, where a named prepared
+        statement is unknown or, worse, is another client's statement of the same name
+        (wrong results with no error); so behind a pooler the statement cache stays
+        off. The query runs unnamed (the cache is off), which such poolers handle."""
+        backend = await raw.fetchval("SELECT pg_backend_pid()")
+        if backend == raw.get_server_pid():
+            return False
+        if not self._pooler_logged:
+            self._pooler_logged = True
+            self._log.warning(
+                "pooler_detected",
+                hint="a connection pooler answers for the server: the statement cache "
+                "stays off. Set KGENTS_POOL_PGBOUNCER=transaction to skip this check, or "
+                "=off if the pooler keeps prepared statements (session mode, PgBouncer "
+                ">= 1.21 with max_prepared_statements)",
+                consumer=None,
+            )
+        return True
 
     async def stop(self) -> None:
         return None
 
     def is_permanent(self, exc: BaseException) -> bool:
-        # Wrong password/user, missing database: retrying will not help (the pool
-        # still retries in the background, in case someone fixes it).
+        # Wrong password/user, missing database, a certificate that does not verify:
+        # retrying will not help (the pool still retries in the background, in case
+        # someone fixes it).
         return isinstance(
             exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidCatalogNameError
-        )
+        ) or tls.is_verification_failure(exc)
+
+    def hint(self, exc: BaseException) -> str | None:
+        if tls.is_verification_failure(exc):
+            return tls.verification_hint(exc)
+        if isinstance(exc, asyncpg.TooManyConnectionsError):
+            return _TOO_MANY_HINT
+        if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
+            source = "credential provider" if self._config.credential_provider else "URL"
+            return (
+                f"the server refused the user or password: check the {source}'s "
+                "password (or the passfile) and that the role may log in"
+            )
+        if isinstance(exc, asyncpg.InvalidCatalogNameError):
+            return "the database does not exist: create it, or fix the URL's database name"
+        return None
+
+
+_TOO_MANY_HINT = (
+    "the server has no connection slots left (max_connections): lower max_size "
+    "(KGENTS_POOL_MAX_SIZE) so that every process's pools together fit, or put a pooler "
+    "such as PgBouncer in front (README: Production). A larger max_size makes it worse"
+)
+
+
+def _enable_statement_cache(raw: asyncpg.Connection, size: int) -> None:
+    """Turn asyncpg's statement cache on after connect (it has no public setter; if
+    its shape changes, the cache stays off: slower, never wrong)."""
+    cache = getattr(raw, "_stmt_cache", None)
+    if cache is not None and hasattr(cache, "set_max_size") and hasattr(raw, "_stmt_cache_enabled"):
+        cache.set_max_size(size)
+        raw._stmt_cache_enabled = True
 
 
 def _parameter_dict(raw: Any) -> dict[str, str] | None:

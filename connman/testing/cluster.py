@@ -19,6 +19,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = ["ClusterUnavailable", "LocalCluster", "find_bindir"]
@@ -70,7 +71,13 @@ class LocalCluster:
     ``stop()``, ``start()`` and ``restart()`` keep the port and the data, for fault tests.
     """
 
-    def __init__(self, bindir: Path | None = None, *, max_connections: int = 200) -> None:
+    def __init__(
+        self,
+        bindir: Path | None = None,
+        *,
+        max_connections: int = 200,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
         found = bindir or find_bindir()
         if found is None:
             raise ClusterUnavailable(
@@ -80,6 +87,8 @@ class LocalCluster:
         self.bindir = found
         self._as_user = _server_user() if os.geteuid() == 0 else None
         self._max_connections = max_connections
+        # Extra server settings (``-c name=value``), e.g. ssl=on and its files.
+        self.settings = dict(settings or {})
         self.base = Path(tempfile.mkdtemp(prefix="connman-pg-"))
         self.data = self.base / "data"
         self.log = self.base / "server.log"
@@ -110,6 +119,7 @@ class LocalCluster:
                 "-c fsync=off",
                 "-c synchronous_commit=off",
                 "-c full_page_writes=off",
+                *(f"-c {name}={value}" for name, value in self.settings.items()),
             ]
         )
         self._run(

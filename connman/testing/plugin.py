@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import uuid
@@ -195,23 +196,35 @@ def postgres_database(postgres_server: PostgresServer) -> Iterator[str]:
     base = parse_url(postgres_server.url)
     name = f"connman_test_{uuid.uuid4().hex[:12]}"
     admin = base.connect_dsn()
-    _admin_sql(admin, f'CREATE DATABASE "{name}"')
+    admin_sql(admin, f'CREATE DATABASE "{name}"')
     url = dataclasses.replace(base, database=name).key
     try:
         yield url
     finally:
-        _admin_sql(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_sql(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 def postgres_cluster() -> Iterator[LocalCluster]:
     """A started PostgreSQL cluster of this test's own, destroyed afterwards."""
+    with throwaway_cluster() as cluster:
+        yield cluster
+
+
+@contextlib.contextmanager
+def throwaway_cluster(*setup: str, **options: Any) -> Iterator[LocalCluster]:
+    """A started :class:`LocalCluster` (``options``: its keyword arguments, e.g.
+    ``max_connections``, ``settings``), with each ``setup`` statement run as the
+    superuser, destroyed on exit; skips the test (see :func:`unavailable`) when no
+    cluster can be made. For fixtures of any scope."""
     try:
-        cluster = LocalCluster()
+        cluster = LocalCluster(**options)
     except ClusterUnavailable as exc:
         unavailable(str(exc))
     try:
         cluster.start()
+        for statement in setup:
+            admin_sql(cluster.dsn, statement)
         yield cluster
     finally:
         cluster.destroy()
@@ -236,7 +249,8 @@ async def connman_manager(postgres_database: str) -> AsyncIterator[Any]:
         await manager.aclose()
 
 
-def _admin_sql(dsn: str, sql: str) -> None:
+def admin_sql(dsn: str, sql: str) -> None:
+    """Run ``sql`` on a fresh connection to ``dsn`` (from sync or async code)."""
     import asyncpg
 
     async def run() -> None:

@@ -22,8 +22,10 @@ import asyncpg
 import pytest
 
 from connman import ConnectionManager, PoolConfig
-from connman.testing.cluster import ClusterUnavailable, LocalCluster
-from connman.testing.plugin import unavailable
+from connman.testing.cluster import LocalCluster
+from connman.testing.plugin import throwaway_cluster
+
+from .pgbouncer_load import run_load
 
 pytestmark = pytest.mark.postgres
 
@@ -110,25 +112,10 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
     """One throwaway cluster for the module (each test starts its own pgbouncer)."""
-    try:
-        local = LocalCluster()
-    except ClusterUnavailable as exc:
-        unavailable(str(exc))
-    try:
-        local.start()
-
-        async def prepare() -> None:
-            admin = await asyncpg.connect(local.dsn)
-            try:
-                await admin.execute(f"CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'")
-                await admin.execute(f"CREATE DATABASE kgents OWNER {USER}")
-            finally:
-                await admin.close()
-
-        anyio.run(prepare)
+    with throwaway_cluster(
+        f"CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'", f"CREATE DATABASE kgents OWNER {USER}"
+    ) as local:
         yield local
-    finally:
-        local.destroy()
 
 
 @pytest.fixture
@@ -154,7 +141,7 @@ def test_deploy_config_is_transaction_mode():
     ini.read(DEPLOY_INI)
     assert ini["pgbouncer"]["pool_mode"] == "transaction"
     assert ini["pgbouncer"]["listen_port"] == "6432"
-    assert "KGENTS_POOL_STATEMENT_CACHE_SIZE=0" in DEPLOY_INI.read_text()
+    assert "KGENTS_POOL_PGBOUNCER=transaction" in DEPLOY_INI.read_text()
 
 
 def test_connman_through_pgbouncer_with_the_statement_cache_off(bouncer, cluster):
@@ -196,11 +183,12 @@ def test_connman_through_pgbouncer_with_the_statement_cache_off(bouncer, cluster
 
 def test_statement_cache_on_breaks_behind_pgbouncer(bouncer):
     """The trap: with the statement cache on, asyncpg prepares a named statement on
-    one server connection and later uses it on another, which does not know it."""
+    one server connection and later uses it on another, which does not know it.
+    (``pgbouncer="off"`` skips the check that keeps the cache off by default.)"""
     b = bouncer(2)
 
     async def run() -> None:
-        config = PoolConfig(statement_cache_size=100, min_size=2, max_size=2)
+        config = PoolConfig(statement_cache_size=100, min_size=2, max_size=2, pgbouncer="off")
         async with ConnectionManager(b.url(), config=config) as manager:
             one = await manager.acquire("a")
             two = await manager.acquire("b")
@@ -218,3 +206,51 @@ def test_statement_cache_on_breaks_behind_pgbouncer(bouncer):
                 await two.release()
 
     anyio.run(run)
+
+
+def test_default_settings_through_transaction_mode_give_no_wrong_answer(bouncer):
+    """Issue 11: 4 processes x pool 10 x 16 tasks through transaction mode with the
+    default settings (statement cache on) ran statements under other clients' names:
+    wrong answers with no error, and protocol errors. Each new connection now sees
+    that a pooler answers for the server and keeps the cache off."""
+    b = bouncer(4)
+    figures = run_load(b.url(), processes=4, tasks=16, ops=100)
+    print(f"through pgbouncer, default settings: {figures}")
+    assert figures["wrong"] == 0, figures
+    assert figures["errors"] == {}, figures
+    assert figures["completed"] == figures["operations"] == 4 * 16 * 100
+
+
+def test_sqlalchemy_with_default_settings_through_transaction_mode(bouncer):
+    """The SQLAlchemy adapter prepares statements of its own (named, cached per
+    connection): on a connection where connman keeps its cache off, so does it."""
+    from sqlalchemy import text
+
+    from connman.adapters.sqlalchemy import create_async_engine
+
+    b = bouncer(2)
+
+    async def run() -> list[BaseException]:
+        errors: list[BaseException] = []
+        async with ConnectionManager(b.url(), config=PoolConfig(min_size=0)) as manager:
+            engine = create_async_engine(manager)
+
+            async def work(n: int) -> None:
+                for i in range(20):
+                    k = n * 100 + i
+                    query = ("SELECT CAST(:k AS int) * 3", "SELECT CAST(:k AS int) + 1")[i % 2]
+                    try:
+                        async with engine.connect() as conn:
+                            value = await conn.scalar(text(query), {"k": k})
+                        assert value == (3 * k if i % 2 == 0 else k + 1), (query, k, value)
+                    except Exception as exc:
+                        errors.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                for n in range(8):
+                    tg.start_soon(work, n)
+            await engine.dispose()
+        return errors
+
+    errors = anyio.run(run)
+    assert not errors, f"{len(errors)} failed, e.g. {errors[0]!r}"

@@ -10,9 +10,13 @@ ConnectionManager serves, concurrently:
 
 Then it prints what happened: operations per consumer, physical connections opened,
 peak leases in use, waits, timeouts and errors (expected: zero), and checks that the
-two Brain tracks are coherent. Metrics are served on 127.0.0.1 while it runs. The
-demo's rows are tagged (ids start with ``demo-``) and removed at the end unless
-``--keep``: a demo must not leave noise in someone's memory store.
+two Brain tracks are coherent. Metrics are served on 127.0.0.1 while it runs.
+
+A run touches only its own rows: their ids start with ``demo-<run id>-``, its ORM
+sessions read only those, and they are removed at the end, also after an error or a
+Ctrl-C, unless ``--keep``. So a demo leaves no noise in someone's memory store, never
+deletes what an earlier ``--keep`` run kept, and any number of demos can run at once
+on one database.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ class DemoReport:
     max_size: int = 0
     waited: int = 0
     timeouts: int = 0
+    acquired: int = 0
+    tasks: int = 0
+    run_prefix: str = _PREFIX
     coherent: bool | None = None
     metrics_url: str | None = None
 
@@ -70,8 +77,13 @@ async def run_demo(
     metrics_port: int | None = 9464,
     keep: bool = False,
     out: TextIO | None = None,
+    run_id: str | None = None,
 ) -> DemoReport:
-    """Run the demo on the resolved storage and return its report."""
+    """Run the demo on the resolved storage and return its report.
+
+    ``run_id`` names the run's rows (``demo-<run_id>-...``; default: a fresh one).
+    Unless ``keep``, they are removed before this returns or raises, a cancellation
+    (Ctrl-C) included."""
     from connman import metrics
     from connman.adapters.brain import BrainStore
     from connman.adapters.dgent import DgentStore
@@ -89,6 +101,8 @@ async def run_demo(
         dialect=pool.dialect,
         seconds=seconds,
         max_size=pool.config.max_size,
+        tasks=tasks_per_consumer * len(_CONSUMERS),
+        run_prefix=run_prefix(run_id or new_run_id()),
     )
     server = None
     if metrics_port is not None:
@@ -98,22 +112,25 @@ async def run_demo(
         except OSError as exc:  # the port is taken: the demo still runs
             print(f"metrics not served ({exc}); pass --metrics-port 0 for any port", file=out)
     print(f"connman demo: {report.tier} storage {report.storage}", file=out)
+    fate = "kept (--keep)" if keep else "removed at the end, or on Ctrl-C"
+    print(f"this run's rows: ids starting {report.run_prefix}, {fate}", file=out)
     if report.metrics_url:
         print(f"metrics: {report.metrics_url} (and /healthz) while it runs", file=out)
 
     dgent = DgentStore(manager)
     brain = BrainStore(manager)
     engine = create_async_engine(manager)
-    run_id = uuid.uuid4().hex[:8]
+    schema_ready = False
     try:
         await brain.ensure_schema()  # captures + the SQLAlchemy track's tables
         await dgent.ensure_schema()
+        schema_ready = True
         deadline = time.monotonic() + seconds
         sampler = asyncio.create_task(_sample_peak(manager, report))
         try:
             async with asyncio.TaskGroup() as group:
                 for i in range(tasks_per_consumer):
-                    worker = f"{run_id}-{i}"
+                    worker = f"{report.run_prefix}{i}"
                     group.create_task(
                         _guard(report, "dgent", _dgent(dgent, worker, deadline, report))
                     )
@@ -129,19 +146,34 @@ async def run_demo(
 
         coherence = await check_coherence(manager)
         report.coherent = coherence.coherent
-        if not keep:
-            await _clean_up(manager)
     finally:
-        await engine.dispose()
-        [stats] = [s for s in manager.stats() if s.name == pool.name]
-        report.connections_opened = stats.counters["connections_opened"]
-        report.waited = stats.counters["waited"]
-        report.timeouts = stats.counters["timeouts"]
-        if server is not None:
-            server.close()
-        await manager.aclose()
+        try:
+            # Also when the run failed or was cancelled (Ctrl-C cancels this task;
+            # awaiting here still works, a second Ctrl-C aborts).
+            if schema_ready and not keep:
+                await _clean_up(manager, report.run_prefix)
+        finally:
+            await engine.dispose()
+            [stats] = [s for s in manager.stats() if s.name == pool.name]
+            report.connections_opened = stats.counters["connections_opened"]
+            report.acquired = stats.counters["acquired"]
+            report.waited = stats.counters["waited"]
+            report.timeouts = stats.counters["timeouts"]
+            if server is not None:
+                server.close()
+            await manager.aclose()
     _print_report(report, keep, out)
     return report
+
+
+def new_run_id() -> str:
+    """A fresh run id (8 hex digits)."""
+    return uuid.uuid4().hex[:8]
+
+
+def run_prefix(run_id: str) -> str:
+    """The id prefix of one run's rows."""
+    return f"{_PREFIX}{run_id}-"
 
 
 # -- the three workloads ---------------------------------------------------------------
@@ -154,7 +186,7 @@ async def _dgent(store: Any, worker: str, deadline: float, report: DemoReport) -
     n = 0
     while time.monotonic() < deadline:
         datum = Datum(
-            id=f"{_PREFIX}{worker}-{n}",
+            id=f"{worker}-{n}",
             content=f"thought {n} of {worker}".encode(),
             causal_parent=parent,
             metadata={"source": "connman demo"},
@@ -177,7 +209,7 @@ async def _brain(store: Any, worker: str, deadline: float, report: DemoReport) -
             embedding=[rng.uniform(-1, 1) for _ in range(128)],
             metadata={"source": "connman demo"},
             tags=("demo", f"worker-{worker}"),
-            capture_id=f"{_PREFIX}{worker}-{n}",
+            capture_id=f"{worker}-{n}",
         )
         report.operations["brain"] += 1
         n += 1
@@ -193,13 +225,14 @@ async def _orm(engine: Any, worker: str, deadline: float, report: DemoReport) ->
     from connman.schema.models import BrainSettings, Crystal
 
     sessions = async_sessionmaker(engine, expire_on_commit=False)
-    settings_id = f"{_PREFIX}{worker}"
+    settings_id = worker
+    mine = worker[: worker.rindex("-") + 1] + "%"  # this run's crystals only
     while time.monotonic() < deadline:
         async with sessions() as session, session.begin():
             newest = (
                 await session.scalars(
                     select(Crystal)
-                    .where(Crystal.id.like(f"{_PREFIX}%"))
+                    .where(Crystal.id.like(mine))
                     .order_by(Crystal.created_at.desc())
                     .limit(5)
                 )
@@ -231,11 +264,12 @@ async def _sample_peak(manager: ConnectionManager, report: DemoReport) -> None:
         await asyncio.sleep(0.01)
 
 
-async def _clean_up(manager: ConnectionManager) -> None:
-    """Remove the demo's rows, in one transaction per database."""
+async def _clean_up(manager: ConnectionManager, prefix: str) -> None:
+    """Remove one run's rows (ids starting with ``prefix``, which holds no LIKE
+    wildcard), in one transaction per database."""
     from connman.adapters.brain import BrainStore
 
-    like = {"p": f"{_PREFIX}%"}
+    like = {"p": f"{prefix}%"}
     async with BrainStore(manager, consumer="demo").transaction() as tx:
         for table, column in (
             ("brain_crystal_tags", "crystal_id"),
@@ -261,14 +295,24 @@ def _print_report(r: DemoReport, keep: bool, out: TextIO) -> None:
         print(f"  {consumer:<11} {ops:>7} ops  {ops / r.seconds:>8.0f}/s", file=out)
     print(f"physical connections opened  {r.connections_opened} (max_size {r.max_size})", file=out)
     print(f"peak leases in use           {r.peak_in_use}", file=out)
-    print(f"acquires that waited         {r.waited}", file=out)
+    print(f"acquires that waited         {r.waited} of {r.acquired}", file=out)
+    print(
+        f"  ({r.tasks} tasks share at most {r.max_size} connections on purpose: "
+        "waiting in line is normal, timeouts are not)",
+        file=out,
+    )
     print(f"acquire timeouts             {r.timeouts}", file=out)
     print(f"errors                       {len(r.errors)}", file=out)
     for error in r.errors[:10]:
         print(f"  {error}", file=out)
     coherent = {True: "yes", False: "NO", None: "not checked"}[r.coherent]
     print(f"captures and crystals coherent  {coherent}", file=out)
-    print("demo rows kept (ids start with demo-)" if keep else "demo rows removed", file=out)
+    print(
+        f"this run's rows kept (ids start with {r.run_prefix})"
+        if keep
+        else f"this run's rows removed (ids starting {r.run_prefix})",
+        file=out,
+    )
 
 
 # -- CLI -------------------------------------------------------------------------------
@@ -299,6 +343,7 @@ def _run(args: argparse.Namespace) -> int:
         print("connman demo: --seconds must be > 0 and --tasks >= 1", file=sys.stderr)
         return 2
     port = None if args.metrics_port < 0 else args.metrics_port
+    run_id = new_run_id()
     try:
         report = asyncio.run(
             run_demo(
@@ -306,8 +351,18 @@ def _run(args: argparse.Namespace) -> int:
                 tasks_per_consumer=args.tasks,
                 metrics_port=port,
                 keep=args.keep,
+                run_id=run_id,
             )
         )
+    except KeyboardInterrupt:
+        # asyncio.run cancelled the demo, which removed its rows before this.
+        fate = "kept (--keep)" if args.keep else "removed"
+        print(
+            f"connman demo: interrupted; this run's rows (ids starting {run_prefix(run_id)}) "
+            f"{fate}",
+            file=sys.stderr,
+        )
+        return 130
     except ConnmanError as exc:
         print(f"connman demo: {redact_text(str(exc))}", file=sys.stderr)
         return 1

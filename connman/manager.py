@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
+import weakref
+from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import Any
 
@@ -339,6 +341,10 @@ class ConnectionManager:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._start_lock: asyncio.Lock | None = None
         self._closing = False
+        # Set on get_manager()'s instance only: nobody owns it, so it closes itself
+        # when its event loop shuts down (see _closed_with_loop).
+        self._close_with_loop = False
+        self._loop_hook: AsyncGenerator[None, None] | None = None
         self._log = get_logger("connman.manager")
 
     # -- lifecycle -------------------------------------------------------------------
@@ -357,6 +363,9 @@ class ConnectionManager:
         if self._loop is not None and self._loop is not loop:
             raise ConnmanError(_WRONG_LOOP)
         self._loop = loop
+        if self._close_with_loop and self._loop_hook is None:
+            self._loop_hook = _closed_with_loop(weakref.ref(self))
+            await anext(self._loop_hook)
         if self._start_lock is None:
             self._start_lock = asyncio.Lock()
         async with self._start_lock:
@@ -570,5 +579,26 @@ def get_manager() -> ConnectionManager:
         )
         if stale:
             current = _default_manager = ConnectionManager()
+            current._close_with_loop = True
         assert current is not None
         return current
+
+
+async def _closed_with_loop(
+    manager_ref: weakref.ref[ConnectionManager],
+) -> AsyncGenerator[None, None]:
+    """Close a manager nobody owns when its event loop shuts down.
+
+    asyncio has no "loop closing" callback, but every runner that ends a loop
+    properly (``asyncio.run``, ``asyncio.Runner``, anyio, pytest's loops) calls
+    ``loop.shutdown_asyncgens()``, which closes each async generator still suspended
+    on that loop, inside the loop. Suspended here, this generator's ``finally`` is that
+    hook: connections get a polite close (asyncpg's Terminate, SQLite's close) instead
+    of being cut at exit. The weak reference lets a dropped manager go.
+    """
+    try:
+        yield
+    finally:
+        manager = manager_ref()
+        if manager is not None and not manager.closed:
+            await manager.aclose(timeout=manager.config.close_timeout)

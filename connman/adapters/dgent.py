@@ -14,9 +14,10 @@ What it guarantees, beyond the old backends:
 - **One statement per call** where the protocol allows it: ``put`` is one
   ``INSERT ... SELECT ... WHERE parent exists ON CONFLICT DO NOTHING`` (a second query
   only when nothing was inserted, to say why); ``causal_chain`` is one recursive CTE.
-- **Indexed prefix scans.** PostgreSQL: ``id LIKE 'prefix%'`` with LIKE's wildcards in
-  the prefix escaped, served by ``idx_data_id_prefix`` (``text_pattern_ops``). SQLite:
-  the range ``id >= prefix AND id < next(prefix)`` on the primary key.
+- **Indexed prefix scans.** A prefix is the range ``prefix <= id < next(prefix)`` in
+  code point order: on PostgreSQL ``idx_data_id_prefix`` (``text_pattern_ops``), shaped
+  so that the range is the plan whatever the planner's statistics (see
+  ``_list_query``); on SQLite the primary key.
 - **Schema on first use**, idempotent and safe under concurrent first use
   (:mod:`connman.adapters._ddl`).
 
@@ -449,14 +450,29 @@ def _list_query(
         args.append(value)
         return f"${len(args)}" if postgres else f"?{len(args)}"
 
+    order = "created_at DESC, id DESC"
     if prefix is not None:
+        upper = _prefix_upper_bound(prefix)
         if postgres:
-            # LIKE with the default escape character (backslash): the planner turns
-            # the pattern's literal prefix into an idx_data_id_prefix range.
-            where.append(f"id LIKE {arg(_like_prefix(prefix))}")
+            # The prefix is the range [prefix, upper) in byte order, on
+            # idx_data_id_prefix (text_pattern_ops: ~>=~ and ~<~ compare bytes, i.e.
+            # code points in UTF-8), and it must be the plan whatever the estimates:
+            # - the bounds are initplans, whose values the planner cannot see, so the
+            #   range always gets the default estimate (a small fraction): the index
+            #   range (or its bitmap) beats a sequential scan, and a generic plan
+            #   (prepared statements, after five executions) keeps the range as an
+            #   Index Cond, which `LIKE $1` cannot be;
+            # - ordering by `created_at + 0` gives idx_data_created nothing to serve,
+            #   so no plan walks the table newest first filtering the prefix
+            #   (50k tuples read per call for 3 rows when the planner thought the
+            #   prefix was common).
+            # Cost: a prefix reads the rows it matches and sorts them (top-N).
+            where.append(f"id ~>=~ (SELECT {arg(prefix)}::text)")
+            if upper is not None:
+                where.append(f"id ~<~ (SELECT {arg(upper)}::text)")
+            order = "created_at + 0 DESC, id DESC"
         else:
             where.append(f"id >= {arg(prefix)}")
-            upper = _prefix_upper_bound(prefix)
             if upper is not None:
                 where.append(f"id < {arg(upper)}")
     if after is not None:
@@ -464,19 +480,14 @@ def _list_query(
     sql = f"SELECT {_COLUMNS} FROM data"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += f" ORDER BY created_at DESC, id DESC LIMIT {arg(limit)}"
+    sql += f" ORDER BY {order} LIMIT {arg(limit)}"
     return sql, args
-
-
-def _like_prefix(prefix: str) -> str:
-    """A LIKE pattern matching exactly the strings that start with ``prefix``."""
-    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped + "%"
 
 
 def _prefix_upper_bound(prefix: str) -> str | None:
     """The smallest string greater than every string starting with ``prefix``, in
-    code point order (SQLite's BINARY collation); None when there is none."""
+    code point order (SQLite's BINARY collation; PostgreSQL's ``text_pattern_ops`` on
+    UTF-8, which compares bytes); None when there is none."""
     chars = builtins.list(prefix)
     while chars:
         code = ord(chars.pop()) + 1

@@ -272,7 +272,13 @@ class ConnmanPool(Pool):
                 f"{lease.dialect} connections ({lease.url}): the manager degraded to "
                 "another database after the engine was created. Create the engine "
                 "after `await manager.start()` so it gets the dialect of the database "
-                "actually serving."
+                "actually serving"
+                + (
+                    " (the engine follows the process-wide manager: `await "
+                    "connman.get_manager().start()` first)."
+                    if self._manager is None
+                    else "."
+                )
             )
         self._loop = asyncio.get_running_loop()
         self._prune(lease)

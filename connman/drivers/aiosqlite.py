@@ -136,6 +136,14 @@ class AiosqliteDriver:
             isolation_level="IMMEDIATE",
             timeout=self._config.sqlite_busy_timeout,
         )
+        # aiosqlite runs each connection on a thread of its own, non-daemon by default:
+        # a connection nobody closed (a process-wide manager, a manager without
+        # aclose(), a pool whose tasks a finished asyncio.run cancelled) would then
+        # keep the interpreter waiting forever in threading._shutdown after the code
+        # returned. A daemon thread lets the process exit; SQLite needs no goodbye (a
+        # committed transaction is in the WAL, an open one is rolled back on the next
+        # open, as after a crash). Set before the await, which starts the thread.
+        pending._thread.daemon = True
         try:
             raw = await pending
         except BaseException:

@@ -22,6 +22,7 @@ import pytest
 from connman import ConfigError, ConnectionManager, PoolConfig, PoolUnavailable
 from connman.testing.cluster import LocalCluster
 from connman.testing.plugin import throwaway_cluster, unavailable
+from tests.faults.faultkit import wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -197,6 +198,12 @@ async def test_a_certificate_that_stops_verifying_fails_waiters_at_once(tls_clus
                 )
             finally:
                 await admin.close()
+            # The idle watch notices the terminated backend asynchronously; lease only
+            # once the pool holds no connection from before the rotation.
+            await wait_until(
+                lambda: manager.stats()[0].idle == 0,
+                what="the pool to drop its terminated connection",
+            )
             started = time.monotonic()
             with pytest.raises(PoolUnavailable) as info:
                 async with manager.lease("tls"):

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 
 from connman import stats as S
+from connman.diagnose import diagnose
 from connman.drivers import BROKEN, CLEAN, NEEDS_FULL_RESET, Driver, DriverConnection
 from connman.errors import AcquireTimeout, ConnmanError, PoolClosed, PoolUnavailable
 from connman.logging import get_logger
@@ -165,24 +166,30 @@ class Pool:
             return
         self._loop = asyncio.get_running_loop()
         self._opened = True
-        await self._driver.start()
+        pooled: PooledConnection | None = None
+        try:
+            # start() inside: a SQLite directory that cannot be made is a failed open too.
+            await self._driver.start()
+            if wait:
+                with anyio.fail_after(self.config.connect_timeout):
+                    pooled = await self._open_connection()
+        except BaseException as exc:
+            self._closing = True
+            self._closed.set()
+            await self._driver.stop()
+            if isinstance(exc, Exception):
+                found = diagnose(exc, self.url)
+                raise PoolUnavailable(
+                    f"cannot connect to {self.name}: {_describe(exc)}. {found.hint}.",
+                    reason=found.reason,
+                    hint=found.hint,
+                    host=found.host,
+                ) from None
+            raise
         self._log.debug(
             "pool_created", min_size=self._min_size, max_size=self._max_size, consumer=None
         )
-        if wait:
-            try:
-                with anyio.fail_after(self.config.connect_timeout):
-                    pooled = await self._open_connection()
-            except BaseException as exc:
-                self._closing = True
-                self._closed.set()
-                await self._driver.stop()
-                if isinstance(exc, Exception):
-                    raise PoolUnavailable(
-                        f"cannot connect to {self.name}: {_describe(exc)}. Check that the "
-                        "server runs and that the URL (host, port, user, password) is right."
-                    ) from None
-                raise
+        if pooled is not None:
             self._idle.append(pooled)
         self._maintenance = self._loop.create_task(self._maintain())
         self._grow()

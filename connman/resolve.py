@@ -142,7 +142,8 @@ def resolve_storage(env: Mapping[str, str] | None = None) -> Storage:
             )
         warnings.append(
             "KGENTS_POSTGRES_URL is deprecated: set "
-            f"KGENTS_DATABASE_URL={url.redacted()} instead (same database, canonical form)."
+            f"KGENTS_DATABASE_URL={url.with_placeholder()} instead (same database, canonical "
+            "form; put the password where <password> stands)."
         )
     else:
         url, source, xdg_warning = _portable(env)

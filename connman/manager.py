@@ -409,15 +409,14 @@ class ConnectionManager:
             self._default = pool
             return
         assert first is not None
-        where = "the URL" if wanted.source == "url" else wanted.source
-        hint = first.hint or f"Start the database or fix {where}"
+        # Each failure already ends with its own hint; only strict mode adds one.
+        text = "; ".join(failures)
+        hint = first.hint or "Start the database or fix the URL"
         if wanted.strict:
             hint += ", or unset KGENTS_STORAGE_STRICT to allow degradation"
+            text += " (KGENTS_STORAGE_STRICT is set: no fallback was tried)"
         raise PoolUnavailable(
-            "no storage reachable: " + "; ".join(failures) + ". " + hint,
-            reason=first.reason,
-            hint=hint,
-            host=first.host,
+            f"no storage reachable: {text}", reason=first.reason, hint=hint, host=first.host
         )
 
     def _refused(

@@ -157,8 +157,7 @@ class DatabaseURL:
 
     def _render(self, *, hide_password: bool, mask: str = _MASK) -> str:
         query = [
-            (k, mask if hide_password and k.lower() in _SECRET_PARAMS else v)
-            for k, v in self.query
+            (k, mask if hide_password and k.lower() in _SECRET_PARAMS else v) for k, v in self.query
         ]
         socket = self.host is not None and self.host.startswith("/")
         if socket:

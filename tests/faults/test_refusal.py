@@ -10,11 +10,14 @@ with scram passwords and max_connections=6, one with TLS and a private CA.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import asyncpg
 import pytest
@@ -27,6 +30,7 @@ from connman import (
     UnavailableReason,
     resolve_storage,
 )
+from connman.cli import main as cli_main
 from connman.testing.cluster import ClusterUnavailable, LocalCluster
 from connman.testing.plugin import unavailable
 
@@ -221,3 +225,48 @@ async def test_certificate_that_does_not_verify_is_an_error(tls_cluster, tmp_pat
     error = await _refused(tmp_path, url, strict=False)
     assert error.reason is UnavailableReason.TLS
     assert error.hint is not None and "sslrootcert" in error.hint
+
+
+# -- connman status on the same servers: its exit code says what a process would get ---
+
+
+def _status(tmp_path: Path, url: str, **extra: str) -> tuple[int, str]:
+    out, err = io.StringIO(), io.StringIO()
+    env = {**_env(tmp_path, url, **extra), "KGENTS_POOL_CONNECT_TIMEOUT": "5"}
+    with (
+        mock.patch.dict(os.environ, env),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        code = cli_main(["status"])
+    return code, out.getvalue()
+
+
+def test_status_exit_codes(cluster, tls_cluster, tmp_path):
+    """0 answers as configured, 1 refused or unreachable (strict), 3 degraded."""
+    server, other_ca = tls_cluster
+    good = f"postgresql://{ROLE}:{PASSWORD}@127.0.0.1:{cluster.port}/postgres"
+    cases = {
+        "answers": (good, {}, 0),
+        "wrong password": (good.replace(PASSWORD, "not-the-password"), {}, 1),
+        "bad CA": (
+            f"postgresql://postgres@127.0.0.1:{server.port}/postgres"
+            f"?sslmode=verify-full&sslrootcert={other_ca}",
+            {},
+            1,
+        ),
+        "unreachable, strict": (
+            f"postgresql://{ROLE}@127.0.0.1:{closed_port()}/postgres",
+            {"KGENTS_STORAGE_STRICT": "1"},
+            1,
+        ),
+        "unreachable, degraded": (f"postgresql://{ROLE}@127.0.0.1:{closed_port()}/postgres", {}, 3),
+    }
+    seen = {}
+    for name, (url, extra, _) in cases.items():
+        code, text = _status(tmp_path, url, **extra)
+        seen[name] = code
+        assert text.startswith("wanted "), text
+        assert "not-the-password" not in text and PASSWORD not in text
+    assert seen == {name: expected for name, (_, _, expected) in cases.items()}
+    assert not (tmp_path / "xdg").exists()  # status wrote nothing, even when degraded

@@ -70,7 +70,13 @@ _MIN_SECRET_LEN = 4
 _URL_PASSWORD = re.compile(
     r"(?P<head>(?:[a-zA-Z][\w+.-]*(?::/+|//+)[^:/@\s'\"]*:"
     # at a token's start, "word:" followed by '/' is a scheme, not a user
-    r"|(?<![^\s'\"(<\[=,])[^:/@\s'\"]*:(?!/)))(?P<pw>\S*)(?P<tail>@)"
+    r"|(?<![^\s'\"(<\[=,])(?:[^:/@\s'\"]+:(?!/)|[^a-zA-Z:/@\s'\"][^:/@\s'\"]*:|:)))"
+    r"(?P<pw>\S*)(?P<tail>@)"
+)
+# "word:/x@host" with no ':' in x: a user:password whose password starts with '/' as
+# much as a scheme with one slash (real schemes have two): mask x.
+_URL_ONE_SLASH = re.compile(
+    r"(?P<head>(?<![^\s'\"(<\[=,])[a-zA-Z][\w+.-]*:/)(?!/)(?P<pw>[^:@\s]+)(?P<tail>@)"
 )
 # The same with spaces in the password (a raw, unescaped one), after a scheme only: up
 # to the next '@' on the line, not across a '/', and not where a mask is already.
@@ -79,14 +85,17 @@ _URL_PASSWORD_SPACED = re.compile(
 )
 # Where the user part of one URL-shaped *value* starts: after its scheme and slashes.
 _VALUE_SCHEME = re.compile(r"\s*[a-zA-Z][\w+.-]*(?::/+|//+)")
-# password=VALUE: quoted values honour backslash escapes (libpq); unquoted ones end at
-# '&' in URL query strings and at whitespace in libpq keyword strings.
+# password=VALUE: in URL query strings up to '&' or whitespace (quotes are no syntax
+# there); in libpq keyword strings quoted values honour backslash escapes, unquoted
+# ones end at whitespace.
 _QUOTED = r"'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?"
 _PARAM_PASSWORD_URL = re.compile(
-    r"(?P<head>\b(?:password|sslpassword)\s*=\s*)(?P<pw>" + _QUOTED + r"|[^&\s]+)", re.I
+    r"(?P<head>\b(?:password|sslpassword)\s*=\s*)(?P<pw>[^&\s]+)", re.I
 )
 _PARAM_PASSWORD_KEYWORDS = re.compile(
-    r"(?P<head>\b(?:password|sslpassword)\s*=\s*)(?P<pw>" + _QUOTED + r"|\S+)", re.I
+    # a quoted value only when the quote ends the word: password=""x is not one
+    r"(?P<head>\b(?:password|sslpassword)\s*=\s*)(?P<pw>(?:" + _QUOTED + r")(?=\s|$)|\S+)",
+    re.I,
 )
 # In one URL value, a password parameter runs to the next '&' (or '#'), spaces included.
 _PARAM_PASSWORD_VALUE = re.compile(
@@ -233,10 +242,13 @@ def redact_text(text: str) -> str:
     for secret in sorted(_known_secrets, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, _MASK)
-    text = _URL_PASSWORD.sub(_mask, text)
-    text = _URL_PASSWORD_SPACED.sub(_mask, text)
+    # password= pairs first: an '@' in their value must not pass for the end of a
+    # URL's userinfo (the patterns below run to the last '@').
     params = _PARAM_PASSWORD_URL if "://" in text else _PARAM_PASSWORD_KEYWORDS
-    return params.sub(lambda m: m["head"] + _MASK, text)
+    text = params.sub(lambda m: m["head"] + _MASK, text)
+    text = _URL_PASSWORD.sub(_mask, text)
+    text = _URL_ONE_SLASH.sub(_mask, text)
+    return _URL_PASSWORD_SPACED.sub(_mask, text)
 
 
 def _mask(match: re.Match[str]) -> str:
@@ -247,6 +259,11 @@ def _redact_value(value: str) -> str:
     """One URL-shaped value (what a user typed), redacted without parsing it: from
     the first ':' after the user part to the last '@', and every password= parameter.
     Exact where :func:`redact_text` must guess token limits (a password with spaces)."""
+    # password= first: an '@' in its value must not become "the last '@'" below.
+    if "://" in value or "@" in value:
+        value = _PARAM_PASSWORD_VALUE.sub(lambda m: m["head"] + _MASK, value)
+    else:
+        value = _PARAM_PASSWORD_KEYWORDS.sub(lambda m: m["head"] + _MASK, value)
     at = value.rfind("@")
     if at >= 0:
         scheme = _VALUE_SCHEME.match(value)
@@ -258,10 +275,6 @@ def _redact_value(value: str) -> str:
             # No ':' after "x:/": either a user without a password, or user:/pw@
             # read as a scheme. Hide the whole userinfo rather than guess.
             value = value[:start] + _MASK + value[at:]
-    if "://" in value or "@" in value:
-        value = _PARAM_PASSWORD_VALUE.sub(lambda m: m["head"] + _MASK, value)
-    else:
-        value = _PARAM_PASSWORD_KEYWORDS.sub(lambda m: m["head"] + _MASK, value)
     return redact_text(value)
 
 

@@ -1,7 +1,7 @@
 """The ``connman`` command: ``status`` (and more subcommands as they land).
 
 Exit codes: 0 success, 1 the database does not answer (or a check failed), 2 usage or
-configuration error. Output never contains a password.
+configuration error, 3 (status) only a fallback answers. Output never contains a password.
 """
 
 from __future__ import annotations

@@ -52,17 +52,17 @@ def cluster() -> Iterator[LocalCluster]:
     try:
         server.start()
         server.require_password("scram-sha-256")
-        subprocess.run(
-            [
-                str(server.bindir / "psql"),
-                server.dsn,
-                "-c",
-                f"CREATE ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}'",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        for sql in (
+            f"CREATE ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}'",
+            "CREATE DATABASE private",
+            "REVOKE CONNECT ON DATABASE private FROM PUBLIC",
+        ):
+            subprocess.run(
+                [str(server.bindir / "psql"), server.dsn, "-c", sql],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
         yield server
     finally:
         server.destroy()
@@ -117,6 +117,13 @@ async def test_missing_database_is_an_error_not_a_fallback(cluster, tmp_path, st
     error = await _refused(tmp_path, url, strict)
     assert error.reason is UnavailableReason.DATABASE_MISSING
     assert error.hint is not None and "no_such_db" in error.hint and "createdb" in error.hint
+
+
+async def test_no_connect_privilege_is_an_error_not_a_fallback(cluster, tmp_path):
+    url = f"postgresql://{ROLE}:{PASSWORD}@127.0.0.1:{cluster.port}/private"
+    error = await _refused(tmp_path, url, strict=False)
+    assert error.reason is UnavailableReason.AUTHORIZATION
+    assert error.hint is not None and "GRANT CONNECT" in error.hint
 
 
 async def test_too_many_clients_is_an_error_not_a_fallback(cluster, tmp_path):

@@ -18,6 +18,7 @@ from connman.errors import (
     PoolClosed,
     PoolUnavailable,
     QueryParameterError,
+    UnavailableReason,
 )
 from connman.manager import ConnectionManager, Lease, get_manager
 from connman.resolve import Storage, Tier, resolve_storage
@@ -45,6 +46,7 @@ __all__ = [
     "QueryParameterError",
     "Storage",
     "Tier",
+    "UnavailableReason",
     "get_manager",
     "parse_url",
     "redact_text",

@@ -2,8 +2,8 @@
 ``verify`` (each subcommand is registered by the module it drives).
 
 Exit codes: 0 success, 1 the database does not answer (or a check failed), 2 usage or
-configuration error (each subcommand documents its own beyond these). Output never
-contains a password.
+configuration error, 3 (status) only a fallback answers (each subcommand documents its
+own beyond these). Output never contains a password.
 """
 
 from __future__ import annotations
@@ -12,16 +12,13 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from connman import __version__
+from connman import __version__, status
 from connman.config import PoolConfig
-from connman.errors import ConfigError, ConnmanError
-from connman.manager import ConnectionManager
-from connman.resolve import Storage, resolve_storage
-from connman.status import live_pools, pool_report, server_connections, track_report
+from connman.errors import ConfigError
+from connman.resolve import resolve_storage
 from connman.urls import redact_text
 
 __all__ = ["main"]
@@ -136,157 +133,15 @@ def _status(args: argparse.Namespace) -> int:
     storage = resolve_storage()
     overrides = {} if args.timeout is None else {"connect_timeout": args.timeout}
     config = PoolConfig.from_env(**overrides)
-    report = asyncio.run(_probe(storage, config))
+    report = asyncio.run(status.probe(storage, config))
     if args.metrics:
-        report["live"] = _live(args.metrics, config.connect_timeout)
+        report["live"] = status.live(args.metrics, config.connect_timeout)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        _print_status(report)
-    return 0 if report["answers"] else 1
-
-
-async def _probe(storage: Storage, config: PoolConfig) -> dict[str, Any]:
-    report: dict[str, Any] = {
-        "tier": storage.tier.value,
-        "dialect": storage.dialect,
-        "source": storage.source,
-        "url": storage.redacted_url,
-        "warnings": list(storage.warnings),
-        "strict": storage.strict,
-        "answers": False,
-        "latency_ms": None,
-        "error": None,
-        "degraded": False,
-        "effective_url": None,
-        "server_version": None,
-        "pool": _config_report(config),
-    }
-    manager = ConnectionManager(storage, config=config)
-    try:
-        started = time.perf_counter()
-        await manager.start()
-        async with manager.lease("status") as lease:
-            # Connect time is in the pool's own metrics; this is one round trip.
-            t0 = time.perf_counter()
-            version = await _select_version(lease.dialect, lease.connection)
-            report["latency_ms"] = round((time.perf_counter() - t0) * 1000, 3)
-        report["connect_ms"] = round((t0 - started) * 1000, 3)
-        report["answers"] = True
-        report["server_version"] = version
-        pool = manager.default_pool
-        if pool is not None and pool.degraded_from is not None:
-            report["degraded"] = True
-            report["effective_url"] = pool.url.redacted()
-            report["effective_tier"] = pool.tier
-        # The verify step after a migration: each track's tables and row counts.
-        report["tracks"] = await track_report(manager, storage, config.connect_timeout)
-        report["server_connections"] = await server_connections(manager)
-    except ConnmanError as exc:
-        report["error"] = redact_text(str(exc))
-    finally:
-        report["pools"] = pool_report(manager.stats())
-        await manager.aclose()
-    return report
-
-
-def _live(url: str, timeout: float) -> dict[str, Any]:
-    try:
-        return {"source": redact_text(url), "pools": live_pools(url, timeout), "error": None}
-    except ConnmanError as exc:
-        return {"source": redact_text(url), "pools": [], "error": str(exc)}
-
-
-async def _select_version(dialect: str, conn: Any) -> str:
-    if dialect == "postgresql":
-        return str(await conn.fetchval("SHOW server_version"))
-    cursor = await conn.execute("SELECT sqlite_version()")
-    row = await cursor.fetchone()
-    await cursor.close()
-    return f"SQLite {row[0]}"
-
-
-def _config_report(config: PoolConfig) -> dict[str, Any]:
-    return {
-        "min_size": config.min_size,
-        "max_size": config.max_size,
-        "acquire_timeout": config.acquire_timeout,
-        "connect_timeout": config.connect_timeout,
-        "max_lifetime": config.max_lifetime,
-        "max_idle": config.max_idle,
-        "leak_threshold": config.leak_threshold,
-        "consumer_limits": dict(config.consumer_limits),
-    }
-
-
-def _print_status(r: dict[str, Any]) -> None:
-    rows = [
-        ("storage", f"{r['tier']} ({r['dialect']}) from {r['source']}"),
-        ("url", r["url"]),
-    ]
-    if r["answers"]:
-        rows.append(("answers", f"yes: {r['server_version']}, SELECT in {r['latency_ms']} ms"))
-    else:
-        rows.append(("answers", f"NO: {r['error']}"))
-    if r["degraded"]:
-        rows.append(("degraded", f"to {r['effective_tier']}: {r['effective_url']}"))
-    p = r["pool"]
-    limits = ", ".join(f"{k}={v}" for k, v in p["consumer_limits"].items()) or "none"
-    leak = "off" if p["leak_threshold"] is None else f"{p['leak_threshold']}s"
-    rows.append(
-        (
-            "pool",
-            f"min {p['min_size']}, max {p['max_size']}, acquire timeout {p['acquire_timeout']}s, "
-            f"max lifetime {p['max_lifetime']}s, max idle {p['max_idle']}s, leak threshold {leak}",
-        )
-    )
-    rows.append(("limits", limits))
-    for warning in r["warnings"]:
-        rows.append(("warning", warning))
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        print(f"{key:<{width}}  {value}")
-    _print_pools("pools (this command)", r.get("pools") or [])
-    if r.get("server_connections"):
-        print("\nserver connections to this database (pg_stat_activity)")
-        for c in r["server_connections"]:
-            print(f"  {c['application_name'] or '-'}: {c['count']} {c['state']}")
-    if r.get("tracks"):
-        print("\ntracks (tables: rows)")
-        tw = max(len(t) for t in r["tracks"])
-        for track, t in r["tracks"].items():
-            if t["error"]:
-                detail = f"ERROR {t['error']}"
-            else:
-                detail = ", ".join(
-                    f"{table} {'missing' if n is None else n}" for table, n in t["tables"].items()
-                )
-            print(f"  {track:<{tw}}  {detail}  [{t['database']}]")
-    live = r.get("live")
-    if live is not None:
-        if live["error"]:
-            print(f"\nlive pools from {live['source']}: ERROR {live['error']}")
-        else:
-            _print_pools(f"live pools from {live['source']}", live["pools"])
-
-
-def _print_pools(title: str, pools: list[dict[str, Any]]) -> None:
-    print(f"\n{title}")
-    if not pools:
-        print("  none")
-    for p in pools:
-        up = "" if p.get("up", True) is not False else "  DOWN"
-        print(
-            f"  {p['pool']}: {p['in_use']} in use, {p['idle']} idle, {p['waiting']} waiting, "
-            f"max {p['max_size']}{up}"
-        )
-        consumers = sorted(set(p["consumers"]) | set(p["waiting_by_consumer"]))
-        for consumer in consumers:
-            waiting = p["waiting_by_consumer"].get(consumer, 0)
-            print(
-                f"    {consumer}: {p['consumers'].get(consumer, 0)} in use"
-                + (f", {waiting} waiting" if waiting else "")
-            )
+        status.print_report(report)
+    code: int = report["exit_code"]
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

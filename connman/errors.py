@@ -7,6 +7,8 @@ and the fix; they never contain a password (URLs are redacted before they get he
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 __all__ = [
     "AcquireTimeout",
     "AdapterError",
@@ -19,6 +21,7 @@ __all__ = [
     "PoolClosed",
     "PoolUnavailable",
     "QueryParameterError",
+    "UnavailableReason",
 ]
 
 
@@ -46,8 +49,65 @@ class PoolClosed(ConnmanError):
     """The pool or manager is closed (or closing) and leases no more connections."""
 
 
+class UnavailableReason(StrEnum):
+    """Why a database cannot serve, as :attr:`PoolUnavailable.reason`.
+
+    Only :attr:`UNREACHABLE` lets a manager degrade to a fallback store: every other
+    reason means a server (or file) answered and refused, which a fallback would hide
+    while the data went elsewhere.
+    """
+
+    UNREACHABLE = "unreachable"
+    """Nothing answered: connection refused, name not resolved, connect timeout."""
+    AUTHENTICATION = "authentication"
+    """The server rejected the user or password (SQLSTATE class 28)."""
+    AUTHORIZATION = "authorization"
+    """The user may not connect to this database (SQLSTATE 42501)."""
+    DATABASE_MISSING = "database_missing"
+    """The server has no database of that name (SQLSTATE 3D000)."""
+    TLS = "tls"
+    """The TLS handshake failed: certificate not verified, TLS refused."""
+    TOO_MANY_CLIENTS = "too_many_clients"
+    """The server is at max_connections (SQLSTATE 53300)."""
+    SERVER_NOT_READY = "server_not_ready"
+    """The server is starting up, shutting down or in recovery (SQLSTATE 57P03)."""
+    CONFIGURATION = "configuration"
+    """The connection settings are not usable as written (a bad parameter, a
+    certificate file that does not exist)."""
+    SQLITE_FILE = "sqlite_file"
+    """The SQLite file cannot be opened (missing, not a directory, not writable,
+    not a database)."""
+    REFUSED = "refused"
+    """The server answered with another error."""
+
+
 class PoolUnavailable(ConnmanError):
-    """The database cannot be reached: connecting failed and no connection is usable."""
+    """The database cannot serve: connecting failed and no connection is usable.
+
+    Attributes (structured, so nothing needs to parse the message):
+        reason: an :class:`UnavailableReason` (``None`` when the cause is not a
+            connect failure, e.g. waiters failed by the pool).
+        hint: what to do about it, specific to the reason.
+        host: ``host:port`` of the server (or the SQLite file), never a password.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: UnavailableReason | None = None,
+        hint: str | None = None,
+        host: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.hint = hint
+        self.host = host
+
+    @property
+    def unreachable(self) -> bool:
+        """True when nothing answered: the one case in which a manager degrades."""
+        return self.reason is UnavailableReason.UNREACHABLE
 
 
 class LeaseError(ConnmanError):

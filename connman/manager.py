@@ -303,8 +303,10 @@ class ConnectionManager:
         credential_provider: a function (sync or async) returning the password (or
             token) for every new PostgreSQL connection; sets
             ``config.credential_provider``.
-        degrade: fall back Production -> Unified -> Portable when the database cannot
-            be reached at start-up. ``None``: on for resolved storage unless
+        degrade: fall back Production -> Unified -> Portable when nothing answers at
+            start-up (connection refused, name not resolved, connect timeout). A server
+            that answers and refuses (password, database, TLS, too many clients) is a
+            :class:`PoolUnavailable` whatever this says. ``None``: on for resolved storage unless
             ``KGENTS_STORAGE_STRICT`` is set; off for an explicit ``url`` string (code
             that names a database wants that database, not a file in ``~``).
         observer: receives per-lease timings (see :mod:`connman.metrics`).
@@ -345,6 +347,8 @@ class ConnectionManager:
         # when its event loop shuts down (see _closed_with_loop).
         self._close_with_loop = False
         self._loop_hook: AsyncGenerator[None, None] | None = None
+        self._start_error: PoolUnavailable | None = None
+        self._degraded_reason: str | None = None
         self._log = get_logger("connman.manager")
 
     # -- lifecycle -------------------------------------------------------------------
@@ -353,7 +357,8 @@ class ConnectionManager:
         """Open the default pool (degrading if allowed). Idempotent.
 
         Raises:
-            PoolUnavailable: no candidate database could be reached.
+            PoolUnavailable: no candidate database could be reached, or one answered
+                and refused; ``reason``, ``hint`` and ``host`` say which and why.
         """
         if self._default is not None:
             return
@@ -373,9 +378,19 @@ class ConnectionManager:
                 await self._open_default()
 
     async def _open_default(self) -> None:
+        try:
+            await self._open_first_reachable()
+        except PoolUnavailable as exc:
+            # Kept for /healthz: a readiness probe must say why nothing serves.
+            self._start_error = exc
+            raise
+        self._start_error = None
+
+    async def _open_first_reachable(self) -> None:
         wanted = self.storage
         candidates = [wanted, *(wanted.fallbacks if self._degrade else ())]
         failures: list[str] = []
+        first: PoolUnavailable | None = None
         for candidate in candidates:
             url = parse_url(candidate.url, source=candidate.source)
             pool = self._new_pool(url)
@@ -383,7 +398,13 @@ class ConnectionManager:
             try:
                 await pool.open(wait=True)
             except PoolUnavailable as exc:
+                first = first or exc
                 failures.append(f"{candidate.tier.value} ({exc})")
+                if not exc.unreachable:
+                    # The server answered and refused (password, database, TLS, max
+                    # connections...): a fallback would hide that while the data went
+                    # elsewhere. Only a database nothing answers for is degraded from.
+                    raise self._refused(candidate, exc, failures[:-1]) from None
                 if self._degrade and candidate is not candidates[-1]:
                     self._log.warning(
                         "storage_unreachable",
@@ -394,23 +415,47 @@ class ConnectionManager:
                 continue
             if candidate is not wanted:
                 pool.degraded_from = wanted.redacted_url
+                self._degraded_reason = "; ".join(failures)
                 self._log.warning(
                     "storage_degraded",
                     wanted=wanted.redacted_url,
                     wanted_tier=wanted.tier.value,
                     got=url.redacted(),
                     got_tier=candidate.tier.value,
-                    reason="; ".join(failures),
+                    reason=self._degraded_reason,
                 )
             self._pools[url.key] = pool
             self._pools[parse_url(wanted.url).key] = pool
             self._default = pool
             return
-        where = "the URL" if wanted.source == "url" else wanted.source
-        hint = f"Start the database (docker compose up -d) or fix {where}"
+        assert first is not None
+        # Each failure already ends with its own hint; only strict mode adds one.
+        text = "; ".join(failures)
+        hint = first.hint or "Start the database or fix the URL"
         if wanted.strict:
             hint += ", or unset KGENTS_STORAGE_STRICT to allow degradation"
-        raise PoolUnavailable("no storage reachable: " + "; ".join(failures) + ". " + hint)
+            text += " (KGENTS_STORAGE_STRICT is set: no fallback was tried)"
+        raise PoolUnavailable(
+            f"no storage reachable: {text}", reason=first.reason, hint=hint, host=first.host
+        )
+
+    def _refused(
+        self, candidate: Storage, exc: PoolUnavailable, earlier: list[str]
+    ) -> PoolUnavailable:
+        """The error for a candidate that answered and refused: never degraded from."""
+        wanted = self.storage
+        text = str(exc)
+        if earlier:
+            text = (
+                f"{wanted.redacted_url} cannot be reached ({'; '.join(earlier)}), and its "
+                f"{candidate.tier.value} fallback refused: {text}"
+            )
+        elif self._degrade and wanted.fallbacks:
+            text += (
+                " connman does not fall back to another store for this: the server "
+                f"answered ({exc.reason}), so a fallback would put the data elsewhere."
+            )
+        return PoolUnavailable(text, reason=exc.reason, hint=exc.hint, host=exc.host)
 
     async def aclose(self, timeout: float = 10.0) -> None:
         """Close every pool: waiters get PoolClosed, leases still out get ``timeout``
@@ -544,6 +589,17 @@ class ConnectionManager:
     def degraded(self) -> bool:
         """True when the default pool is a fallback for the storage asked for."""
         return self._default is not None and self._default.degraded_from is not None
+
+    @property
+    def degraded_reason(self) -> str | None:
+        """Why the manager serves from a fallback (None when not :attr:`degraded`)."""
+        return self._degraded_reason if self.degraded else None
+
+    @property
+    def start_error(self) -> PoolUnavailable | None:
+        """The error of the last failed :meth:`start` (None once one succeeded): what
+        ``/healthz`` reports for a manager whose default store cannot serve."""
+        return self._start_error
 
     @property
     def default_pool(self) -> Pool | None:

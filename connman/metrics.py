@@ -478,11 +478,14 @@ class Health:
     ok: bool
     reason: str
     pools: tuple[Mapping[str, Any], ...] = ()
+    degraded: bool = False
+    """Serving, but from a fallback store rather than the one configured."""
 
     def to_json(self) -> bytes:
         body = {
             "status": "ok" if self.ok else "unavailable",
             "reason": self.reason,
+            "degraded": self.degraded,
             "pools": list(self.pools),
         }
         return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
@@ -693,13 +696,25 @@ class Metrics:
     # -- health ----------------------------------------------------------------------
 
     def health(self) -> Health:
-        """Every pool of every open instrumented manager can serve leases?"""
+        """Can every open instrumented manager serve leases from its default store,
+        and every pool it opened? A manager not started yet, or whose start failed,
+        cannot (503 with the reason); a degraded one can, but says so (200,
+        ``degraded``, and why)."""
         managers = self.managers()
         if not managers:
             return Health(False, "no open ConnectionManager is instrumented")
         problems: list[str] = []
+        notes: list[str] = []
         pools: list[Mapping[str, Any]] = []
         for manager in managers:
+            default_problem = _default_store_problem(manager)
+            if default_problem is not None:
+                problems.append(default_problem)
+            elif manager.degraded and manager.default_pool is not None:
+                notes.append(
+                    f"degraded: serving from {manager.default_pool.name} instead of "
+                    f"{manager.storage.redacted_url} ({manager.degraded_reason})"
+                )
             try:
                 snapshot = self.snapshot(manager)
             except Exception as exc:
@@ -724,10 +739,26 @@ class Metrics:
                         "waiting": st.waiting,
                     }
                 )
+        degraded = bool(notes)
         if problems:
-            return Health(False, redact_text("; ".join(problems)), tuple(pools))
-        started = bool(pools)
-        return Health(True, "ok" if started else "ok (no pool opened yet)", tuple(pools))
+            return Health(False, redact_text("; ".join(problems)), tuple(pools), degraded)
+        if degraded:
+            return Health(True, redact_text("; ".join(notes)), tuple(pools), degraded)
+        return Health(True, "ok", tuple(pools))
+
+
+def _default_store_problem(manager: ConnectionManager) -> str | None:
+    """Why ``manager``'s default store cannot serve before or without its pool."""
+    if manager.default_pool is not None:
+        return None  # its pool's own state is checked with the others
+    where = manager.storage.redacted_url
+    error = manager.start_error
+    if error is not None:
+        return f"default store {where}: start failed ({error.reason}): {error}"
+    return (
+        f"default store {where}: not started (no pool opened yet; await manager.start() "
+        "at start-up so that readiness reflects the database)"
+    )
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

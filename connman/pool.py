@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 
 from connman import stats as S
+from connman.diagnose import diagnose
 from connman.drivers import BROKEN, CLEAN, NEEDS_FULL_RESET, Driver, DriverConnection
 from connman.errors import AcquireTimeout, ConnmanError, PoolClosed, PoolUnavailable
 from connman.logging import get_logger
@@ -173,27 +174,30 @@ class Pool:
             return
         self._loop = asyncio.get_running_loop()
         self._opened = True
-        await self._driver.start()
+        pooled: PooledConnection | None = None
+        try:
+            # start() inside: a SQLite directory that cannot be made is a failed open too.
+            await self._driver.start()
+            if wait:
+                with anyio.fail_after(self.config.connect_timeout):
+                    pooled = await self._open_connection()
+        except BaseException as exc:
+            self._closing = True
+            self._closed.set()
+            await self._driver.stop()
+            if isinstance(exc, Exception):
+                found = diagnose(exc, self.url)
+                raise PoolUnavailable(
+                    f"cannot connect to {self.name}: {_describe(exc)}. {found.hint}.",
+                    reason=found.reason,
+                    hint=found.hint,
+                    host=found.host,
+                ) from None
+            raise
         self._log.debug(
             "pool_created", min_size=self._min_size, max_size=self._max_size, consumer=None
         )
-        if wait:
-            try:
-                with anyio.fail_after(self.config.connect_timeout):
-                    pooled = await self._open_connection()
-            except BaseException as exc:
-                self._closing = True
-                self._closed.set()
-                await self._driver.stop()
-                if isinstance(exc, Exception):
-                    hint = self._driver.hint(exc) or (
-                        "Check that the server runs and that the URL (host, port, user, "
-                        "password) is right"
-                    )
-                    raise PoolUnavailable(
-                        f"cannot connect to {self.name}: {_describe(exc)}. {hint}."
-                    ) from None
-                raise
+        if pooled is not None:
             self._idle.append(pooled)
         self._maintenance = self._loop.create_task(self._maintain())
         self._grow()
@@ -702,7 +706,7 @@ class Pool:
         except Exception as exc:
             self._counters[S.CONNECT_ERRORS] += 1
             self._last_error = _describe(exc)
-            self._last_hint = self._driver.hint(exc)
+            self._last_hint = diagnose(exc, self.url).hint
             self._failing = True
             self._cycle_failures += 1
             if self._observer is not None:

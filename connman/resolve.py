@@ -8,9 +8,10 @@ Resolution priority (first match wins; an empty or blank variable counts as unse
 4. ``~/.local/share/kgents/membrane.db``
 
 Tiers: SQLite is portable; Postgres on loopback or a unix socket is unified; any other
-Postgres is production; ``KGENTS_STORAGE_TIER`` overrides. When the chosen Postgres
-cannot be reached at start-up the manager degrades Production -> Unified -> Portable
-along :attr:`Storage.fallbacks`, unless ``KGENTS_STORAGE_STRICT`` is set.
+Postgres is production; ``KGENTS_STORAGE_TIER`` overrides. When nothing answers for the
+chosen Postgres at start-up (refused, not resolved, timeout; a server that refuses us is
+an error instead) the manager degrades Production -> Unified -> Portable along
+:attr:`Storage.fallbacks`, unless ``KGENTS_STORAGE_STRICT`` is set.
 """
 
 from __future__ import annotations
@@ -143,7 +144,8 @@ def resolve_storage(env: Mapping[str, str] | None = None) -> Storage:
             )
         warnings.append(
             "KGENTS_POSTGRES_URL is deprecated: set "
-            f"KGENTS_DATABASE_URL={url.redacted()} instead (same database, canonical form)."
+            f"KGENTS_DATABASE_URL={url.with_placeholder()} instead (same database, canonical "
+            "form; put the password where <password> stands)."
         )
     else:
         url, source, xdg_warning = _portable(env)

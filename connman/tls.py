@@ -152,7 +152,7 @@ def verification_hint(exc: BaseException) -> str:
     """What to do about a certificate that did not verify."""
     reason = getattr(exc, "verify_message", None) or "certificate verify failed"
     return (
-        f"the server's TLS certificate was rejected ({reason}). Check that sslrootcert "
+        f"The server's TLS certificate was rejected ({reason}). Check that sslrootcert "
         "names the CA that signed the server's certificate and that the host in the URL "
         "is one the certificate names (sslmode=verify-full checks both, verify-ca only the CA)"
     )

@@ -53,6 +53,7 @@ ACCEPTED_SCHEMES = (
 
 _DEFAULT_PORT = 5432
 _MASK = "***"
+_PLACEHOLDER = "<password>"
 # Query parameters whose value is a secret, whatever the URL's scheme.
 _SECRET_PARAMS = frozenset({"password", "sslpassword", "passfile_password"})
 
@@ -61,23 +62,44 @@ _SECRET_PARAMS = frozenset({"password", "sslpassword", "passfile_password"})
 # masking a two-letter password everywhere would mangle ordinary words.
 _known_secrets: set[str] = set()
 _MIN_SECRET_LEN = 4
-# The password runs to the *last* '@' of the token, as the parser reads it (rpartition):
-# a password with a raw '@' (or '/', in a URL too broken to parse) must not half-leak.
-# scheme://user:PASSWORD@ -- up to the last '@' of the token, as the parser reads it.
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<pw>\S*)(?P<tail>@)")
-# The same with spaces in the password (a raw, unescaped one): up to the next '@' on
-# the line, not across a '/', and not where a mask is already in place.
-_URL_PASSWORD_SPACED = re.compile(
-    r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?!\*\*\*@)(?P<pw>[^@/\n]*)(?P<tail>@)"
+# Userinfo of anything URL-shaped, parsed or not: the password is everything between
+# the first ':' after the user part and the *last* '@' of the token (as the parser
+# reads it, rpartition), so a raw '@', '/' or ':' in a password never half-leaks. The
+# user part starts after a scheme and its slashes (``scheme://``, and the typos
+# ``scheme:/``, ``scheme//``), or at the start of a token (``user:pw@host/db``).
+_URL_PASSWORD = re.compile(
+    r"(?P<head>(?:[a-zA-Z][\w+.-]*(?::/+|//+)[^:/@\s'\"]*:"
+    # at a token's start, "word:" followed by '/' is a scheme, not a user
+    r"|(?<![^\s'\"(<\[=,])(?:[^:/@\s'\"]+:(?!/)|[^a-zA-Z:/@\s'\"][^:/@\s'\"]*:|:)))"
+    r"(?P<pw>\S*)(?P<tail>@)"
 )
-# password=VALUE: quoted values honour backslash escapes (libpq); unquoted ones end at
-# '&' in URL query strings and at whitespace in libpq keyword strings.
+# "word:/x@host" with no ':' in x: a user:password whose password starts with '/' as
+# much as a scheme with one slash (real schemes have two): mask x.
+_URL_ONE_SLASH = re.compile(
+    r"(?P<head>(?<![^\s'\"(<\[=,])[a-zA-Z][\w+.-]*:/)(?!/)(?P<pw>[^:@\s]+)(?P<tail>@)"
+)
+# The same with spaces in the password (a raw, unescaped one), after a scheme only: up
+# to the next '@' on the line, not across a '/', and not where a mask is already.
+_URL_PASSWORD_SPACED = re.compile(
+    r"(?P<head>[a-zA-Z][\w+.-]*(?::/+|//+)[^:/@\s]*:)(?!\*\*\*@)(?P<pw>[^@/\n]*)(?P<tail>@)"
+)
+# Where the user part of one URL-shaped *value* starts: after its scheme and slashes.
+_VALUE_SCHEME = re.compile(r"\s*[a-zA-Z][\w+.-]*(?::/+|//+)")
+# password=VALUE: in URL query strings up to '&' or whitespace (quotes are no syntax
+# there); in libpq keyword strings quoted values honour backslash escapes, unquoted
+# ones end at whitespace.
 _QUOTED = r"'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?"
 _PARAM_PASSWORD_URL = re.compile(
-    r"(?P<head>\b(?:password|sslpassword)\s*=\s*)(?P<pw>" + _QUOTED + r"|[^&\s]+)", re.I
+    r"(?P<head>\b(?:password|sslpassword)\s*=\s*)(?P<pw>[^&\s]+)", re.I
 )
 _PARAM_PASSWORD_KEYWORDS = re.compile(
-    r"(?P<head>\b(?:password|sslpassword)\s*=\s*)(?P<pw>" + _QUOTED + r"|\S+)", re.I
+    # a quoted value only when the quote ends the word: password=""x is not one
+    r"(?P<head>\b(?:password|sslpassword)\s*=\s*)(?P<pw>(?:" + _QUOTED + r")(?=\s|$)|\S+)",
+    re.I,
+)
+# In one URL value, a password parameter runs to the next '&' (or '#'), spaces included.
+_PARAM_PASSWORD_VALUE = re.compile(
+    r"(?P<head>\b(?:password|sslpassword)\s*=\s*)(?P<pw>[^&#]*)", re.I
 )
 
 
@@ -125,6 +147,11 @@ class DatabaseURL:
         """The normalized URL with the password replaced by ``***``."""
         return self._render(hide_password=True)
 
+    def with_placeholder(self) -> str:
+        """The normalized URL with ``<password>`` where the password goes: a form to
+        paste into a configuration and fill in (``***`` would be taken literally)."""
+        return self._render(hide_password=True, mask=_PLACEHOLDER)
+
     def connect_dsn(self) -> str:
         """A libpq-style DSN (``postgresql://``) for asyncpg, password included."""
         if self.dialect != "postgresql":
@@ -137,10 +164,9 @@ class DatabaseURL:
     def __repr__(self) -> str:
         return f"DatabaseURL({self.redacted()!r})"
 
-    def _render(self, *, hide_password: bool) -> str:
+    def _render(self, *, hide_password: bool, mask: str = _MASK) -> str:
         query = [
-            (k, _MASK if hide_password and k.lower() in _SECRET_PARAMS else v)
-            for k, v in self.query
+            (k, mask if hide_password and k.lower() in _SECRET_PARAMS else v) for k, v in self.query
         ]
         socket = self.host is not None and self.host.startswith("/")
         if socket:
@@ -150,7 +176,8 @@ class DatabaseURL:
             if self.port is not None:
                 query.append(("port", str(self.port)))
             query.sort()
-        qs = ("?" + urlencode(query, safe="/:,*")) if query else ""
+        safe = "/:,*<>" if hide_password else "/:,*"  # <> for the <password> placeholder
+        qs = ("?" + urlencode(query, safe=safe)) if query else ""
         if self.dialect == "sqlite":
             # '%' and '?' would be read back as an escape and a query: escape them so
             # that the key parses back to the same file.
@@ -160,7 +187,7 @@ class DatabaseURL:
         if self.user is not None or self.password is not None:
             auth = quote(self.user, safe="") if self.user is not None else ""
             if self.password is not None:
-                auth += ":" + (_MASK if hide_password else quote(self.password, safe=""))
+                auth += ":" + (mask if hide_password else quote(self.password, safe=""))
             auth += "@"
         host = ""
         if self.host is not None and not socket:
@@ -215,30 +242,63 @@ def redact_text(text: str) -> str:
     for secret in sorted(_known_secrets, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, _MASK)
-    text = _URL_PASSWORD.sub(_mask, text)
-    text = _URL_PASSWORD_SPACED.sub(_mask, text)
+    # password= pairs first: an '@' in their value must not pass for the end of a
+    # URL's userinfo (the patterns below run to the last '@').
     params = _PARAM_PASSWORD_URL if "://" in text else _PARAM_PASSWORD_KEYWORDS
-    return params.sub(lambda m: m["head"] + _MASK, text)
+    text = params.sub(lambda m: m["head"] + _MASK, text)
+    text = _URL_PASSWORD.sub(_mask, text)
+    text = _URL_ONE_SLASH.sub(_mask, text)
+    return _URL_PASSWORD_SPACED.sub(_mask, text)
 
 
 def _mask(match: re.Match[str]) -> str:
     return match["head"] + _MASK + match["tail"]
 
 
+def _redact_value(value: str) -> str:
+    """One URL-shaped value (what a user typed), redacted without parsing it: from
+    the first ':' after the user part to the last '@', and every password= parameter.
+    Exact where :func:`redact_text` must guess token limits (a password with spaces)."""
+    # password= first: an '@' in its value must not become "the last '@'" below.
+    if "://" in value or "@" in value:
+        value = _PARAM_PASSWORD_VALUE.sub(lambda m: m["head"] + _MASK, value)
+    else:
+        value = _PARAM_PASSWORD_KEYWORDS.sub(lambda m: m["head"] + _MASK, value)
+    at = value.rfind("@")
+    if at >= 0:
+        scheme = _VALUE_SCHEME.match(value)
+        start = scheme.end() if scheme else 0
+        colon = value.find(":", start, at)
+        if colon >= 0:
+            value = value[: colon + 1] + _MASK + value[at:]
+        elif scheme is not None:
+            # No ':' after "x:/": either a user without a password, or user:/pw@
+            # read as a scheme. Hide the whole userinfo rather than guess.
+            value = value[:start] + _MASK + value[at:]
+    return redact_text(value)
+
+
 # -- private -----------------------------------------------------------------------
 
 
 def _parse_postgres(rest: str, source: str, original: str) -> DatabaseURL:
-    netloc, _, tail = rest.partition("/")
-    path, _, qs = tail.partition("?")
-    if "?" in netloc:  # postgresql://host?sslmode=... with no path
-        netloc, _, qs = netloc.partition("?")
+    # The netloc ends at the first '/' or '?' (postgresql://host?sslmode=... has no path).
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
+    path, _, qs = tail.removeprefix("/").partition("?")
+    if "@" in path or "@" in qs:
+        # Where the '@' after a '/' or '?' ends a password, parsing around it would
+        # show part of that password as a database name or a query parameter.
+        raise _bad(
+            source,
+            original,
+            "an '@' follows a '/' or '?': a password or user with '/', '@', '?' or '#' "
+            "must be percent-encoded (%2F, %40, %3F, %23), and so must an '@' in a "
+            "query parameter",
+        )
     if "#" in qs or "#" in path:
         raise _bad(source, original, "it contains a fragment (#...)")
-    try:
-        params = parse_qsl(qs, keep_blank_values=True, strict_parsing=bool(qs))
-    except ValueError:
-        raise _bad(source, original, "its query string is malformed") from None
+    params = _parse_query(qs, source, original)
 
     userinfo, at, hostport = netloc.rpartition("@")
     user = password = None
@@ -280,6 +340,16 @@ def _parse_postgres(rest: str, source: str, original: str) -> DatabaseURL:
     )
 
 
+def _parse_query(qs: str, source: str, original: str) -> list[tuple[str, str]]:
+    try:
+        return parse_qsl(qs, keep_blank_values=True, strict_parsing=bool(qs))
+    except ValueError:
+        pass
+    # Raised outside the handler: parse_qsl's error quotes the field (a password, in
+    # a broken URL) and error trackers keep even a suppressed __context__.
+    raise _bad(source, original, "its query string is malformed")
+
+
 def _parse_hostport(hostport: str, source: str, original: str) -> tuple[str | None, int | None]:
     hostport = unquote(hostport)
     if not hostport:
@@ -307,21 +377,26 @@ def _parse_hostport(hostport: str, source: str, original: str) -> tuple[str | No
 
 
 def _port(text: str, source: str, original: str) -> int:
-    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
-        raise _bad(source, original, f"the port {text!r} is not a number between 1 and 65535")
+    if not (text.isascii() and text.isdigit()):
+        # Not echoed: in a URL such as user:pw/x@host the "port" is a password.
+        raise _bad(source, original, "the port is not a number between 1 and 65535")
+    if not 0 < int(text) < 65536:
+        raise _bad(source, original, f"the port {text} is not a number between 1 and 65535")
     return int(text)
 
 
 def _parse_sqlite(rest: str, source: str, original: str, home: str | None) -> DatabaseURL:
     path, _, qs = rest.partition("?")
-    try:
-        query = tuple(sorted(parse_qsl(qs, keep_blank_values=True, strict_parsing=bool(qs))))
-    except ValueError:
-        raise _bad(source, original, "its query string is malformed") from None
+    query = tuple(sorted(_parse_query(qs, source, original)))
     if path and not path.startswith("/"):
         # sqlite://host/path: SQLite has no host; a common typo for sqlite:///path.
         raise _bad(source, original, "SQLite URLs have no host: use three slashes, sqlite:///path")
     path = unquote(path[1:])
+    at = rest.rfind("@")
+    if at >= 0 and ":" in rest[:at]:
+        # user:password@host under a sqlite scheme: refused, so that the path (shown
+        # in every redacted form) never carries a password.
+        raise _bad(source, original, "a SQLite path holds no user:password@: check the scheme")
     if path in ("", ":memory:"):
         return DatabaseURL(dialect="sqlite", database=":memory:", query=query)
     if path.startswith("file:"):
@@ -347,5 +422,5 @@ def _is_local_host(host: str) -> bool:
 
 
 def _bad(source: str, text: str, why: str) -> ConfigError:
-    shown = redact_text(text)
+    shown = _redact_value(text)
     return ConfigError(f"{source}={shown!r} is not usable: {why}. Accepted: {ACCEPTED_SCHEMES}")

@@ -92,10 +92,6 @@ class Driver(Protocol):
         """True when a connect error will not go away by retrying (wrong password,
         no such database): waiters are failed at once instead of at their deadline."""
 
-    def hint(self, exc: BaseException) -> str | None:
-        """What to do about a connect error of a known cause (a TLS certificate that
-        does not verify, a server out of connection slots...); None for the rest."""
-
 
 def driver_for(url: DatabaseURL, config: PoolConfig) -> Driver:
     """The driver for ``url``'s dialect."""

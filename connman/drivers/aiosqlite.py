@@ -174,9 +174,6 @@ class AiosqliteDriver:
         # database) stays that way; a busy database is transient.
         return isinstance(exc, sqlite3.Error | OSError) and "locked" not in str(exc)
 
-    def hint(self, exc: BaseException) -> str | None:
-        return None
-
 
 def ensure_parent_dir(path: str) -> None:
     """Create the missing directories above ``path``, each with mode 0700 (the XDG

@@ -315,28 +315,6 @@ class AsyncpgDriver:
             exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidCatalogNameError
         ) or tls.is_verification_failure(exc)
 
-    def hint(self, exc: BaseException) -> str | None:
-        if tls.is_verification_failure(exc):
-            return tls.verification_hint(exc)
-        if isinstance(exc, asyncpg.TooManyConnectionsError):
-            return _TOO_MANY_HINT
-        if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
-            source = "credential provider" if self._config.credential_provider else "URL"
-            return (
-                f"the server refused the user or password: check the {source}'s "
-                "password (or the passfile) and that the role may log in"
-            )
-        if isinstance(exc, asyncpg.InvalidCatalogNameError):
-            return "the database does not exist: create it, or fix the URL's database name"
-        return None
-
-
-_TOO_MANY_HINT = (
-    "the server has no connection slots left (max_connections): lower max_size "
-    "(KGENTS_POOL_MAX_SIZE) so that every process's pools together fit, or put a pooler "
-    "such as PgBouncer in front (README: Production). A larger max_size makes it worse"
-)
-
 
 def _enable_statement_cache(raw: asyncpg.Connection, size: int) -> None:
     """Turn asyncpg's statement cache on after connect (it has no public setter; if

@@ -20,7 +20,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from connman import AcquireTimeout, ConnectionManager, PoolConfig
+from connman import AcquireTimeout, ConnectionManager, PoolConfig, PoolUnavailable
 from connman import metrics as cm_metrics
 from connman.metrics import METRICS, Metrics, MetricsObserver
 
@@ -424,3 +424,63 @@ async def test_instrument_gives_a_manager_without_observer_the_histograms(
             pass
         text = await anyio.to_thread.run_sync(lambda: generate_latest(registry).decode())
     assert 'connman_pool_use_time_seconds_count{consumer="late"' in text
+
+
+# ------------------------------------------------------- readiness of the default store
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_healthz_is_503_before_start_and_after_a_failed_start():
+    """A strict manager whose database cannot be reached: /healthz must not say OK,
+    neither before its first pool nor after start() failed; the reason says why."""
+    metrics = Metrics(CollectorRegistry())
+    app = cm_metrics.make_asgi_app(metrics)
+    url = f"postgresql://app:{PASSWORD}@127.0.0.1:{_closed_port()}/app"
+    manager = ConnectionManager(url, config=PoolConfig(connect_timeout=2))  # strict
+    metrics.instrument(manager)
+    try:
+        status, _, body = await _call_asgi(app, "/healthz")
+        assert status == 503, body
+        health = json.loads(body)
+        assert health["status"] == "unavailable" and "not started" in health["reason"]
+
+        with pytest.raises(PoolUnavailable):
+            await manager.start()
+        status, _, body = await _call_asgi(app, "/healthz")
+        assert status == 503, body
+        health = json.loads(body)
+        assert "start failed (unreachable)" in health["reason"]
+        assert "127.0.0.1" in health["reason"] and health["degraded"] is False
+        assert PASSWORD not in body
+    finally:
+        await manager.aclose()
+
+
+async def test_healthz_says_degraded_with_the_reason(tmp_path):
+    """Serving from the portable fallback: 200 (it serves), but degraded and why."""
+    from connman import resolve_storage
+
+    env = {
+        "KGENTS_DATABASE_URL": f"postgresql://app:{PASSWORD}@127.0.0.1:{_closed_port()}/app",
+        "XDG_DATA_HOME": str(tmp_path),
+    }
+    metrics = Metrics(CollectorRegistry())
+    app = cm_metrics.make_asgi_app(metrics)
+    config = PoolConfig(connect_timeout=2)
+    async with ConnectionManager(resolve_storage(env), config=config) as manager:
+        metrics.instrument(manager)
+        assert manager.degraded
+        status, _, body = await _call_asgi(app, "/healthz")
+    assert status == 200, body
+    health = json.loads(body)
+    assert health["status"] == "ok" and health["degraded"] is True
+    assert "degraded: serving from sqlite" in health["reason"]
+    assert "ConnectionRefusedError" in health["reason"]
+    assert PASSWORD not in body

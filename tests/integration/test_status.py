@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import sqlite3
 import threading
 
 import asyncpg
@@ -32,6 +34,7 @@ def env(monkeypatch, tmp_path) -> pytest.MonkeyPatch:
     for name in _ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    (tmp_path / "xdg" / "kgents").mkdir(parents=True)
     return monkeypatch
 
 
@@ -59,14 +62,21 @@ def test_tracks_tables_and_row_counts_on_postgres(env, postgres_database, capsys
     assert report["answers"] is True
     redacted = parse_url(postgres_database).redacted()
     assert report["tracks"] == {
-        "dgent": {"database": redacted, "tables": {"data": 3}, "error": None},
-        "brain": {"database": redacted, "tables": {"captures": None}, "error": None},
+        "dgent": {"database": redacted, "tables": {"data": 3}, "error": None, "note": None},
+        "brain": {
+            "database": redacted,
+            "tables": {"captures": None},
+            "error": None,
+            "note": None,
+        },
         "sqlalchemy": {
             "database": redacted,
             "tables": {"brain_crystals": 2, "brain_crystal_tags": None, "brain_settings": None},
             "error": None,
+            "note": None,
         },
     }
+    assert report["exit_code"] == 0 and report["got"] == report["wanted"]
     (pool,) = report["pools"]
     assert pool["pool"] == redacted and pool["dialect"] == "postgresql"
     assert pool["in_use"] == 0 and pool["waiting"] == 0 and pool["size"] >= 1
@@ -84,6 +94,8 @@ def test_live_pools_of_another_process_from_its_metrics(env, tmp_path, capsys):
     """A manager on another event loop (standing in for the application) serves its
     metrics; status reads its pools and consumers from there."""
     env.setenv("KGENTS_DGENT_BACKEND", "MEMORY")
+    # status writes nothing: the file must exist for it to answer
+    sqlite3.connect(tmp_path / "xdg" / "kgents" / "membrane.db").close()
     registry_metrics = cm_metrics.Metrics(None)
     from prometheus_client import CollectorRegistry
 
@@ -107,7 +119,8 @@ def test_live_pools_of_another_process_from_its_metrics(env, tmp_path, capsys):
 
         report = _status_json(capsys, "--metrics", server.url)
         assert report["tier"] == "portable"
-        assert report["tracks"]["dgent"]["error"].startswith("in-memory database")
+        assert report["tracks"]["dgent"]["error"] is None
+        assert report["tracks"]["dgent"]["note"].startswith("in-memory")
         assert report["tracks"]["brain"]["tables"] == {"captures": None}
         live = report["live"]
         assert live["error"] is None
@@ -135,3 +148,95 @@ def test_live_pools_of_another_process_from_its_metrics(env, tmp_path, capsys):
     # answers), with the error in the report
     report = _status_json(capsys, "--metrics", server.url)
     assert report["live"]["pools"] == [] and "cannot read" in report["live"]["error"]
+
+
+# -- what status answers, and that it writes nothing ---------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run(capsys, *args: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(["status", *args])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.mark.parametrize("where", ["typo/dir/membrane.db", "/etc/passwd/x.db"])
+def test_status_on_a_mistyped_sqlite_path_writes_nothing(env, tmp_path, capsys, where):
+    path = where if where.startswith("/") else f"{tmp_path}/{where}"
+    env.setenv("KGENTS_DATABASE_URL", f"sqlite:///{path}")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, text = _run(capsys)
+    assert code == 1, text
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no directory, no file
+    assert not (tmp_path / "typo").exists()
+    lines = text.splitlines()
+    assert lines[0].startswith("wanted") and f"sqlite+aiosqlite:///{path}" in lines[0]
+    assert lines[1].startswith("got") and "NOTHING" in lines[1] and "does not exist" in text
+    # SQLite advice, not the PostgreSQL one
+    assert "SQLite file" in text and "docker compose" not in text
+
+
+def test_status_with_the_dgent_backend_in_memory_reports_no_error(env, tmp_path, capsys):
+    database = tmp_path / "m.db"
+    sqlite3.connect(database).close()
+    env.setenv("KGENTS_DATABASE_URL", f"sqlite:///{database}")
+    env.setenv("KGENTS_DGENT_BACKEND", "MEMORY")
+    code, text = _run(capsys)
+    assert code == 0, text
+    assert "ERROR" not in text
+    (dgent,) = [line for line in text.splitlines() if line.strip().startswith("dgent ")]
+    assert "in-memory (KGENTS_DGENT_BACKEND=MEMORY)" in dgent
+
+
+def test_status_degraded_exits_3_and_labels_counts_with_the_fallback(env, tmp_path, capsys):
+    """PostgreSQL unreachable, the portable file holds data: status says what it
+    wanted and what it got first, exits 3, and the counts name the file they came from."""
+    portable = tmp_path / "xdg" / "kgents" / "membrane.db"
+    conn = sqlite3.connect(portable)
+    conn.execute("CREATE TABLE data (id TEXT PRIMARY KEY)")
+    conn.executemany("INSERT INTO data VALUES (?)", [("a",), ("b",)])
+    conn.commit()
+    conn.close()
+    wanted = f"postgresql://u:Degraded-Pw-9@127.0.0.1:{_closed_port()}/db"
+    env.setenv("KGENTS_DATABASE_URL", wanted)
+    env.setenv("KGENTS_POOL_CONNECT_TIMEOUT", "2")
+    files = sorted(p.name for p in portable.parent.iterdir())
+
+    code, text = _run(capsys)
+    assert code == 3, text
+    lines = text.splitlines()
+    assert lines[0].startswith("wanted") and "postgresql+asyncpg://u:***@127.0.0.1" in lines[0]
+    assert lines[1].startswith("got") and f"sqlite+aiosqlite:///{portable}" in lines[1]
+    assert lines[2].startswith("DEGRADED") and "ConnectionRefusedError" in lines[2]
+    (dgent,) = [line for line in lines if line.strip().startswith("dgent ")]
+    assert "data 2" in dgent and dgent.endswith(f"[sqlite+aiosqlite:///{portable}]")
+    assert "Degraded-Pw-9" not in text
+
+    capsys.readouterr()
+    code = main(["status", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 3 and report["exit_code"] == 3 and report["degraded"] is True
+    assert report["got"]["tier"] == "portable" and report["wanted"]["tier"] == "unified"
+    assert report["tracks"]["dgent"]["tables"] == {"data": 2}
+    assert sorted(p.name for p in portable.parent.iterdir()) == files  # read-only
+
+
+def test_status_strict_and_unreachable_exits_1(env, capsys):
+    env.setenv("KGENTS_DATABASE_URL", f"postgresql://u@127.0.0.1:{_closed_port()}/db")
+    env.setenv("KGENTS_STORAGE_STRICT", "1")
+    code, text = _run(capsys)
+    assert code == 1, text
+    assert "got     NOTHING" in text and "KGENTS_STORAGE_STRICT" in text
+
+
+def test_status_configuration_error_exits_2(env, capsys):
+    env.setenv("KGENTS_DATABASE_URL", "postgresql://u:Conf-Pw-1/x@127.0.0.1:1/db")
+    code, text = _run(capsys)
+    assert code == 2, text
+    assert "Conf-Pw-1" not in text and "u:***@127.0.0.1:1/db" in text

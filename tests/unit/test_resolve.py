@@ -105,7 +105,15 @@ def test_legacy_postgres_url_is_converted_and_deprecated(home: Path, legacy: str
     (warning,) = [w for w in storage.warnings if "deprecated" in w]  # + unverified TLS
     assert "KGENTS_DATABASE_URL" in warning
     assert "LegacyPw-3" not in warning
-    assert "postgresql+asyncpg://app:***@db.example.com:5432/kgents" in warning
+    # A replacement the user can paste: a placeholder to fill in, not a literal ***.
+    assert (
+        "KGENTS_DATABASE_URL=postgresql+asyncpg://app:<password>@db.example.com:5432/kgents "
+        in (warning)
+    )
+    assert "***" not in warning
+    suggested = warning.split("KGENTS_DATABASE_URL=")[1].split()[0]
+    filled = suggested.replace("<password>", "LegacyPw-3")
+    assert resolve_storage({"HOME": str(home), "KGENTS_DATABASE_URL": filled}).url == storage.url
 
 
 def test_legacy_postgres_url_must_be_postgres(home: Path, tmp_path: Path) -> None:

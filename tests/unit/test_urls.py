@@ -452,3 +452,44 @@ def test_bad_url_with_raw_at_sign_in_password_does_not_leak_any_of_it() -> None:
     message = str(info.value)
     assert "LeakPw" not in message
     assert "Half" not in message
+
+
+# -- redaction that does not depend on parsing (issue: a password printed) ---------
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        # the '/' ends the netloc: the parser used to call the password a port
+        (
+            "postgresql://user:s3cretPW/x@127.0.0.1:55432/db",
+            "'postgresql://user:***@127.0.0.1:55432/db'",
+        ),
+        ("postgresql:/u:s3cretPW@127.0.0.1/db", "'postgresql:/u:***@127.0.0.1/db'"),
+        ("postgresql//u:s3cretPW@127.0.0.1/db", "'postgresql//u:***@127.0.0.1/db'"),
+        ("u:s3cretPW@127.0.0.1/db", "'u:***@127.0.0.1/db'"),
+        ("postgresq://u:s3cretPW@127.0.0.1/db", "'postgresq://u:***@127.0.0.1/db'"),
+        ("postgresql://u:s3cret PW/x@h/db", "'postgresql://u:***@h/db'"),
+        ("postgresql://u:s3cretPW?x@h/db", "'postgresql://u:***@h/db'"),
+        ("sqlite:///u:s3cretPW@h/db", "'sqlite:///u:***@h/db'"),
+        ("postgresq://h/db?password=s3cret PW&x=1", "'postgresq://h/db?password=***&x=1'"),
+    ],
+)
+def test_malformed_values_are_redacted_without_parsing(raw: str, shown: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_url(raw, source="KGENTS_DATABASE_URL")
+    message = str(info.value)
+    assert "s3cret" not in message
+    assert f"KGENTS_DATABASE_URL={shown} is not usable" in message
+    # ...and not in what error trackers keep either (the suppressed context).
+    assert info.value.__context__ is None or "s3cret" not in str(info.value.__context__)
+
+
+def test_placeholder_form_can_be_pasted_and_filled_in() -> None:
+    url = parse_url("postgres://app:Fill-Me-1@db.example.com/kgents?sslpassword=K")
+    assert url.with_placeholder() == (
+        "postgresql+asyncpg://app:<password>@db.example.com:5432/kgents?sslpassword=<password>"
+    )
+    assert parse_url(url.with_placeholder().replace("<password>", "Fill-Me-1", 1)).password == (
+        "Fill-Me-1"
+    )

@@ -266,11 +266,14 @@ class Pool:
         deadline = started + (self._acquire_timeout if timeout is None else timeout)
         front = False
         while True:
-            waiter = Waiter[PooledConnection](consumer, loop.create_future(), deadline, started)
-            queue.push(waiter, front=front)
+            future: asyncio.Future[PooledConnection] = loop.create_future()
+            waiter = Waiter(consumer, future, deadline, started)
+            if front:
+                self._waiters.appendleft(waiter)
+            else:
+                self._waiters.append(waiter)
             if self._idle:
                 self._dispatch()
-            future = waiter.future
             if not future.done():
                 if not front:
                     self._waited += 1
@@ -384,10 +387,10 @@ class Pool:
         verdict = pooled.conn.verdict(failed)
         if verdict == CLEAN and not self._closing and now < pooled.expires:
             # _lease_ended() and _slot_freed() inline: this is the hot path.
+            consumers = self._consumers
             consumer = pooled.consumer
             if consumer is not None:
                 pooled.consumer = None
-                consumers = self._consumers
                 left = consumers[consumer] - 1
                 if left:
                     consumers[consumer] = left
@@ -396,9 +399,12 @@ class Pool:
                 if self._observer is not None:
                     self._observer.lease_released(self.name, consumer, now - pooled.leased_at)
             pooled.last_used = now
-            # _put_back() inline: straight to the oldest eligible waiter (it stays in
-            # use), else idle. Not closing: nobody needs telling that all are back.
-            if not (self._waiters and self._hand(pooled)):
+            # _put_back() and _hand() inline: straight to the oldest eligible waiter
+            # (it stays in use), else idle (not closing: nobody to tell all are back).
+            if self._waiters and (consumer := self._queue.hand(pooled, consumers)) is not None:
+                pooled.consumer = consumer
+                consumers[consumer] = consumers.get(consumer, 0) + 1
+            else:
                 self._in_use -= 1
                 self._idle.append(pooled)
             return True
@@ -505,14 +511,12 @@ class Pool:
         oldest eligible waiter. True: it is that waiter's now. False: nobody waiting
         may take it, it is still the caller's."""
         consumers = self._consumers
-        queue = self._queue
-        while (waiter := queue.pop(consumers)) is not None:
-            if waiter.set(pooled):
-                consumer = waiter.consumer
-                pooled.consumer = consumer
-                consumers[consumer] = consumers.get(consumer, 0) + 1
-                return True
-        return False
+        consumer = self._queue.hand(pooled, consumers)
+        if consumer is None:
+            return False
+        pooled.consumer = consumer
+        consumers[consumer] = consumers.get(consumer, 0) + 1
+        return True
 
     def _put_back(self, pooled: PooledConnection) -> None:
         """``pooled`` (counted in use, of no consumer) is free for its next user: the

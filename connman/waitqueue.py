@@ -80,8 +80,10 @@ class WaitQueue(Generic[T]):
         on_expired: Callable[[str, float, int], BaseException],
     ) -> None:
         self.waiters: deque[Waiter[T]] = deque()
-        """Read-only outside this class. Empty means nobody waits (the converse needs
-        ``bool(queue)``: it may hold waiters that gave up and were not met yet)."""
+        """Oldest first. A waiter joins by being appended (``appendleft``: it keeps its
+        place at the head); only this class takes waiters out. Empty means nobody
+        waits; the converse needs ``bool(queue)``, as it may hold waiters that gave
+        up and were not met yet."""
         self._limits = limits
         self._on_expired = on_expired
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -93,15 +95,7 @@ class WaitQueue(Generic[T]):
         """Use ``loop``'s clock and timers (the pool's loop, known once it opens)."""
         self._loop = loop
 
-    # -- joining and leaving ---------------------------------------------------------
-
-    def push(self, waiter: Waiter[T], *, front: bool = False) -> None:
-        """Queue ``waiter`` at the back (``front``: at the head, for a waiter whose
-        connection turned out dead and who keeps its place)."""
-        if front:
-            self.waiters.appendleft(waiter)
-        else:
-            self.waiters.append(waiter)
+    # -- leaving ----------------------------------------------------------------------
 
     def __bool__(self) -> bool:
         """True while someone waits (drops the waiters at the head that gave up)."""
@@ -129,6 +123,25 @@ class WaitQueue(Generic[T]):
             if limit is None or holding.get(waiter.consumer, 0) < limit:
                 del waiters[i]
                 return waiter
+        return None
+
+    def hand(self, conn: T, holding: Mapping[str, int]) -> str | None:
+        """Give ``conn`` to the oldest waiter that may be served now (see :meth:`pop`).
+        Returns that waiter's consumer (``conn`` is the waiter's now), or None: nobody
+        took it and it is still the caller's."""
+        waiters = self.waiters
+        if self._limits:
+            while (waiter := self.pop(holding)) is not None:
+                if waiter.set(conn):
+                    return waiter.consumer
+            return None
+        # No limits: pop() and set() inline, this runs on every release under load.
+        while waiters:
+            waiter = waiters.popleft()
+            future = waiter.future
+            if not future.done():
+                future.set_result(conn)
+                return waiter.consumer
         return None
 
     def fail_all(self, error: Callable[[str], BaseException]) -> None:

@@ -387,10 +387,10 @@ class Pool:
         verdict = pooled.conn.verdict(failed)
         if verdict == CLEAN and not self._closing and now < pooled.expires:
             # _lease_ended() and _slot_freed() inline: this is the hot path.
-            consumers = self._consumers
             consumer = pooled.consumer
             if consumer is not None:
                 pooled.consumer = None
+                consumers = self._consumers
                 left = consumers[consumer] - 1
                 if left:
                     consumers[consumer] = left
@@ -399,12 +399,9 @@ class Pool:
                 if self._observer is not None:
                     self._observer.lease_released(self.name, consumer, now - pooled.leased_at)
             pooled.last_used = now
-            # _put_back() and _hand() inline: straight to the oldest eligible waiter
-            # (it stays in use), else idle (not closing: nobody to tell all are back).
-            if self._waiters and (consumer := self._queue.hand(pooled, consumers)) is not None:
-                pooled.consumer = consumer
-                consumers[consumer] = consumers.get(consumer, 0) + 1
-            else:
+            # _put_back() inline: straight to the oldest eligible waiter (it stays in
+            # use), else idle (not closing: nobody to tell that all are back).
+            if not (self._waiters and self._hand(pooled)):
                 self._in_use -= 1
                 self._idle.append(pooled)
             return True

@@ -14,6 +14,7 @@ __all__ = [
     "AdapterError",
     "CausalParentMissing",
     "ConfigError",
+    "ConnectionLost",
     "ConnmanError",
     "DatumConflict",
     "InvalidInput",
@@ -108,6 +109,15 @@ class PoolUnavailable(ConnmanError):
     def unreachable(self) -> bool:
         """True when nothing answered: the one case in which a manager degrades."""
         return self.reason is UnavailableReason.UNREACHABLE
+
+
+class ConnectionLost(ConnmanError, ConnectionError):
+    """The leased connection broke under its holder, in a way the driver reports as
+    its own internal state (asyncpg's ``InternalClientError: cannot switch to state
+    ...``, an ``InterfaceError`` on a closed connection): its backend was terminated,
+    the server restarted, the network dropped it. The pool has dropped it; whether the
+    last statement took effect is unknown. Retry on a new lease. The driver's error is
+    the ``__cause__``. Also a ``ConnectionError``."""
 
 
 class LeaseError(ConnmanError):

@@ -18,7 +18,14 @@ from typing import Any
 
 from connman.config import CredentialProvider, PoolConfig
 from connman.drivers import driver_for
-from connman.errors import ConfigError, ConnmanError, LeaseError, PoolClosed, PoolUnavailable
+from connman.errors import (
+    ConfigError,
+    ConnectionLost,
+    ConnmanError,
+    LeaseError,
+    PoolClosed,
+    PoolUnavailable,
+)
 from connman.logging import bind_lease_context, get_logger, unbind_lease_context
 from connman.pool import Pool, PooledConnection
 from connman.resolve import Storage, resolve_storage, tier_of
@@ -164,6 +171,8 @@ class Lease:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        # A driver-internal error means the connection is gone: drop it, and say so.
+        lost = exc is not None and self._lost(exc)
         try:
             failed = exc_type is not None
             pool, pooled = self._pool, self._pooled
@@ -179,6 +188,24 @@ class Lease:
         finally:
             tokens, self._log_tokens = self._log_tokens, None
             unbind_lease_context(tokens)
+        if lost:
+            assert exc is not None
+            assert self._pool is not None
+            raise ConnectionLost(
+                f"the connection of consumer {self.consumer!r} to {self._pool.name} was "
+                f"lost while leased ({type(exc).__name__} from the driver: the server "
+                "ended the session, or the driver lost track of it); it has been "
+                "dropped. Retry on a new lease."
+            ) from exc
+
+    def _lost(self, exc: BaseException) -> bool:
+        """Is ``exc`` the driver saying the leased connection is unusable? Then it is
+        terminated here (no I/O), so the release drops it as lost."""
+        pooled = self._pooled
+        if self._state != 1 or pooled is None or not pooled.conn.is_lost_error(exc):
+            return False
+        pooled.conn.terminate()
+        return True
 
     def try_acquire(self) -> bool:
         """The synchronous fast path of :meth:`acquire`, for code that cannot await

@@ -31,8 +31,6 @@ import math
 import random
 import time
 import traceback
-from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -43,6 +41,7 @@ from connman.drivers import BROKEN, CLEAN, NEEDS_FULL_RESET, Driver, DriverConne
 from connman.errors import AcquireTimeout, ConnmanError, PoolClosed, PoolUnavailable
 from connman.logging import get_logger
 from connman.urls import redact_text
+from connman.waitqueue import Waiter, WaitQueue
 
 if TYPE_CHECKING:
     from connman.config import PoolConfig
@@ -73,22 +72,6 @@ class PooledConnection:
         self.last_used = now
         self.leased_at = now
         self.consumer: str | None = None
-
-
-class _Waiter:
-    __slots__ = ("consumer", "deadline", "future", "started")
-
-    def __init__(
-        self,
-        consumer: str,
-        future: asyncio.Future[PooledConnection],
-        deadline: float,
-        started: float,
-    ) -> None:
-        self.consumer = consumer
-        self.future = future
-        self.deadline = deadline
-        self.started = started
 
 
 class Pool:
@@ -126,8 +109,10 @@ class Pool:
         self.leak_threshold = config.leak_threshold
 
         self._idle: list[PooledConnection] = []  # LIFO: hot connections stay hot
-        self._waiters: deque[_Waiter] = deque()
-        self._n_waiting = 0
+        # Who waits, in what order, until when: owned by the queue (see waitqueue.py).
+        self._queue: WaitQueue[PooledConnection] = WaitQueue(self._limits, self._expired)
+        # The queue's deque, read for the hot paths' one test: empty means nobody waits.
+        self._waiters = self._queue.waiters
         self._in_use = 0
         self._consumers: dict[str, int] = {}
         self._connecting = 0
@@ -137,8 +122,6 @@ class Pool:
         self._acquired = 0
         self._waited = 0
         self._acquire_timeout = config.acquire_timeout
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
 
         self._last_error: str | None = None
         # The driver's advice for the last connect error's cause (TLS, server full...).
@@ -173,6 +156,7 @@ class Pool:
         if self._opened:
             return
         self._loop = asyncio.get_running_loop()
+        self._queue.bind(self._loop)
         self._opened = True
         pooled: PooledConnection | None = None
         try:
@@ -210,11 +194,10 @@ class Pool:
             await self._closed.wait()
             return
         self._closing = True
-        self._fail_waiters(lambda _: PoolClosed(f"pool {self.name} is closed"))
+        self._queue.fail_all(lambda _: PoolClosed(f"pool {self.name} is closed"))
+        self._queue.close()
         if self._backoff_handle is not None:
             self._backoff_handle.cancel()
-        if self._timer is not None:
-            self._timer.cancel()
         if self._maintenance is not None:
             self._maintenance.cancel()
         idle, self._idle = self._idle, []
@@ -251,7 +234,7 @@ class Pool:
         nobody is queued ahead, the consumer is under its limit and the connection
         needs no check. None otherwise (then ``await acquire()``, which queues)."""
         idle = self._idle
-        if not idle or self._n_waiting or self._closing:
+        if not idle or self._closing or (self._waiters and self._queue):
             return None
         if self._limits:
             limit = self._limits.get(consumer)
@@ -259,11 +242,7 @@ class Pool:
                 return None
         pooled = idle[-1]
         now = _monotonic()
-        if (
-            now - pooled.last_used >= self._check_after
-            or now >= pooled.expires
-            or not pooled.conn.checkout()
-        ):
+        if not self._fresh(pooled, now):
             return None  # the queued path validates it
         idle.pop()
         pooled.consumer = consumer
@@ -297,101 +276,95 @@ class Pool:
             raise PoolClosed(f"pool {self.name} is closed")
         loop = self._loop
         assert loop is not None
-        # Deadlines are on the loop's clock: the pool's one deadline timer uses it.
+        queue = self._queue
+        # Deadlines are on the loop's clock: the queue's one deadline timer uses it.
         started = loop.time()
         deadline = started + (self._acquire_timeout if timeout is None else timeout)
         front = False
         while True:
-            waiter = _Waiter(consumer, loop.create_future(), deadline, started)
+            future: asyncio.Future[PooledConnection] = loop.create_future()
+            waiter = Waiter(consumer, future, deadline, started)
             if front:
                 self._waiters.appendleft(waiter)
             else:
                 self._waiters.append(waiter)
-            self._n_waiting += 1
             if self._idle:
                 self._dispatch()
-            future = waiter.future
             if not future.done():
                 if not front:
                     self._waited += 1
                 if len(self._idle) + self._in_use + self._connecting < self._max_size:
                     self._grow()
-                if deadline < self._timer_at:
-                    self._arm_timer(deadline)
+                if deadline < queue.timer_at:
+                    queue.arm(deadline)
             try:
                 pooled = await future
-            except asyncio.CancelledError:
-                if future.cancelled():
-                    # Still queued when cancelled: it leaves the queue (lazily:
-                    # dispatch and the deadline sweep skip done futures).
-                    self._n_waiting -= 1
-                    self._counters[S.CANCELLED] += 1
-                elif future.exception() is None:
-                    # Handed a connection in the same loop iteration as the
-                    # cancellation: give it back, or it would be lost.
-                    self._counters[S.CANCELLED] += 1
-                    self._return_unused(future.result())
+            except BaseException:
+                self._gave_up(waiter)
                 raise
-            now = _monotonic()
-            # Recently used and nothing arrived while idle: no check needed (inline:
-            # the common case of a handoff under load).
-            if (
-                now - pooled.last_used < self._check_after
-                and now < pooled.expires
-                and pooled.conn.checkout()
-            ) or await self._validate(pooled, consumer, deadline, started):
+            # From the handoff until the return, this frame owns the connection:
+            # whatever raises in between gives it back (nothing else would: no lease
+            # holds it yet, no leak watch runs for it).
+            owned: PooledConnection | None = pooled
+            try:
+                now = _monotonic()
+                if not self._fresh(pooled, now):
+                    owned = None  # _validate keeps it (True) or disposes of it
+                    if not await self._validate(pooled, consumer, deadline, started):
+                        # The connection we were given was dead: keep our place.
+                        front = True
+                        continue
+                    owned = pooled
                 pooled.leased_at = now
                 self._acquired += 1
                 if self._observer is not None:
                     self._observer.lease_acquired(self.name, consumer, loop.time() - started)
                 return pooled
-            # The connection we were given was dead: keep our place at the head.
-            front = True
+            except BaseException:
+                if owned is not None:
+                    self._return_unused(owned)
+                raise
 
-    def _arm_timer(self, deadline: float) -> None:
-        """One timer per pool, at the earliest deadline of the queue (not one per
-        waiter: with the default acquire_timeout deadlines come in arrival order, so
-        queueing costs a float comparison)."""
-        assert self._loop is not None
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = self._loop.call_at(deadline, self._expire_waiters)
+    def _gave_up(self, waiter: Waiter[PooledConnection]) -> None:
+        """``waiter``'s task stopped waiting (cancelled, or an error thrown into it):
+        it leaves the queue, and a connection handed to it in the same loop iteration
+        as the cancellation goes back."""
+        future = waiter.future
+        if not future.done():
+            future.cancel()  # skipped, then dropped, by whoever meets it next
+        elif future.cancelled():
+            pass
+        elif future.exception() is None:
+            self._return_unused(future.result())
+        else:
+            return  # it had failed (timed out, pool closed): not a cancellation
+        self._counters[S.CANCELLED] += 1
 
-    def _expire_waiters(self) -> None:
-        """Fail the waiters whose deadline has passed; re-arm for the next one."""
-        assert self._loop is not None
-        self._timer = None
-        self._timer_at = math.inf
-        now = self._loop.time()
-        following = math.inf
-        for waiter in self._waiters:
-            if waiter.future.done():
-                continue
-            if waiter.deadline <= now:
-                self._n_waiting -= 1
-                error = self._acquire_error(waiter.consumer, now - waiter.started)
-                waiter.future.set_exception(error)
-            elif waiter.deadline < following:
-                following = waiter.deadline
-        if following < math.inf:
-            self._arm_timer(following)
+    def _fresh(self, pooled: PooledConnection, now: float) -> bool:
+        """May ``pooled`` be lent without a round trip? Recently used, not past its
+        lifetime, and nothing arrived while it sat idle (``checkout``, no I/O)."""
+        return (
+            now - pooled.last_used < self._check_after
+            and now < pooled.expires
+            and pooled.conn.checkout()
+        )
+
+    def _expired(self, consumer: str, waited: float, waiting: int) -> ConnmanError:
+        """The error for a waiter whose deadline passed (called by the queue's timer)."""
+        return self._acquire_error(consumer, waited, waiting)
 
     async def _validate(
         self, pooled: PooledConnection, consumer: str, deadline: float, started: float
     ) -> bool:
-        """Check a connection just handed to us; on failure discard it (and the caller
-        waits again within the same deadline)."""
+        """Check a connection just handed to us that is not :meth:`_fresh`. True: it
+        works, keep it. Otherwise it has been disposed of (dropped, or cleaned in the
+        background) and False means: wait again within the same deadline."""
         conn = pooled.conn
-        now = _monotonic()
-        if conn.is_closed() or now >= pooled.expires:
+        if conn.is_closed() or _monotonic() >= pooled.expires:
             self._lease_ended(pooled, None)
             self._slot_freed()
             self._drop(pooled, lost=conn.is_closed())
             return False
-        # Recently used and nothing arrived while idle: trust it without a round trip.
-        if now - pooled.last_used < self._check_after and conn.checkout():
-            return True
         self._counters[S.HEALTH_CHECKS] += 1
         assert self._loop is not None
         remaining = deadline - self._loop.time()
@@ -412,7 +385,8 @@ class Pool:
             self._counters[S.HEALTH_CHECKS_FAILED] += 1
             self._log.info("health_check_failed", error=_describe(exc))
             if self._loop.time() >= deadline:
-                raise self._acquire_error(consumer, self._loop.time() - started) from None
+                waited = self._loop.time() - started
+                raise self._acquire_error(consumer, waited, self._queue.count()) from None
             return False
         conn.checked()
         pooled.last_used = _monotonic()
@@ -441,17 +415,11 @@ class Pool:
                 if self._observer is not None:
                     self._observer.lease_released(self.name, consumer, now - pooled.leased_at)
             pooled.last_used = now
-            waiter = self._next_waiter() if self._n_waiting else None
-            if waiter is None:
+            # _put_back() inline: straight to the oldest eligible waiter (it stays in
+            # use), else idle (not closing: nobody to tell that all are back).
+            if not (self._waiters and self._hand(pooled)):
                 self._in_use -= 1
                 self._idle.append(pooled)
-            else:
-                # Straight to the oldest eligible waiter: it stays in use.
-                consumer = waiter.consumer
-                pooled.consumer = consumer
-                self._consumers[consumer] = self._consumers.get(consumer, 0) + 1
-                self._n_waiting -= 1
-                waiter.future.set_result(pooled)
             return True
         if verdict == BROKEN:  # lost mid-use: nothing to say to the server
             self._lease_ended(pooled, now)
@@ -511,19 +479,13 @@ class Pool:
                 self._slot_freed()
                 self._drop(pooled, lost=conn.is_closed())
                 return
-        self._slot_freed()
         pooled.last_used = _monotonic()
-        self._idle.append(pooled)
-        if self._n_waiting:
-            self._dispatch()
+        self._put_back(pooled)
 
     def _return_unused(self, pooled: PooledConnection) -> None:
         """Give back a connection that was handed over but never used (no I/O)."""
         self._lease_ended(pooled, None)
-        self._slot_freed()
-        self._idle.append(pooled)
-        if self._n_waiting:
-            self._dispatch()
+        self._put_back(pooled)
 
     # ================================================================= bookkeeping
 
@@ -548,73 +510,56 @@ class Pool:
         if self._closing and not self._in_use:
             self._all_returned.set()
 
+    # ================================================================= handoff
+    #
+    # The connection states, and who moves a connection between them:
+    #   idle (in self._idle)  --_dispatch / try_acquire-->  in use (counted in _in_use)
+    #   in use --_hand-->  in use by the next waiter (never through idle: strict FIFO)
+    #   in use --_put_back / release_nowait-->  idle, when nobody can take it
+    # A connection handed to a waiter belongs to that waiter's acquire_queued from then
+    # on, which returns it (_return_unused) if anything stops it from reaching a lease.
+
+    def _hand(self, pooled: PooledConnection) -> bool:
+        """The one handoff: give ``pooled`` (counted in use, of no consumer) to the
+        oldest eligible waiter. True: it is that waiter's now. False: nobody waiting
+        may take it, it is still the caller's."""
+        consumers = self._consumers
+        consumer = self._queue.hand(pooled, consumers)
+        if consumer is None:
+            return False
+        pooled.consumer = consumer
+        consumers[consumer] = consumers.get(consumer, 0) + 1
+        return True
+
+    def _put_back(self, pooled: PooledConnection) -> None:
+        """``pooled`` (counted in use, of no consumer) is free for its next user: the
+        oldest eligible waiter, else the idle list (or closed, if the pool is)."""
+        if self._closing:
+            self._slot_freed()
+            self._drop(pooled, lost=False)
+        elif not (self._waiters and self._hand(pooled)):
+            self._slot_freed()
+            self._idle.append(pooled)
+
     def _dispatch(self) -> None:
         """Hand idle connections to the oldest eligible waiters."""
         idle = self._idle
-        waiters = self._waiters
-        consumers = self._consumers
-        while idle and self._n_waiting:
-            if self._limits:
-                waiter = self._pop_eligible()
-                if waiter is None:
-                    return
-            else:
-                # _n_waiting > 0: a live waiter is queued; skip the abandoned ones.
-                waiter = waiters.popleft()
-                if waiter.future.done():
-                    continue
+        while idle and self._waiters:
             pooled = idle.pop()
-            consumer = waiter.consumer
-            pooled.consumer = consumer
             self._in_use += 1
-            consumers[consumer] = consumers.get(consumer, 0) + 1
-            self._n_waiting -= 1
-            waiter.future.set_result(pooled)
+            if not self._hand(pooled):
+                self._in_use -= 1
+                idle.append(pooled)
+                return
 
-    def _next_waiter(self) -> _Waiter | None:
-        """Take the oldest waiter that may be served now (None if there is none)."""
-        if self._limits:
-            return self._pop_eligible()
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.future.done():
-                return waiter
-        return None
-
-    def _pop_eligible(self) -> _Waiter | None:
-        waiters = self._waiters
-        while waiters and waiters[0].future.done():
-            waiters.popleft()
-        if not waiters:
-            return None
-        if not self._limits:
-            return waiters.popleft()
-        for i, waiter in enumerate(waiters):
-            if waiter.future.done():
-                continue
-            limit = self._limits.get(waiter.consumer)
-            if limit is None or self._consumers.get(waiter.consumer, 0) < limit:
-                del waiters[i]
-                return waiter
-        return None
-
-    def _fail_waiters(self, error: Callable[[str], ConnmanError]) -> None:
-        """Fail every queued waiter with ``error(consumer)`` (one exception each)."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.future.done():
-                self._n_waiting -= 1
-                waiter.future.set_exception(error(waiter.consumer))
-
-    def _acquire_error(self, consumer: str, waited: float) -> ConnmanError:
+    def _acquire_error(self, consumer: str, waited: float, waiting: int) -> ConnmanError:
         size = len(self._idle) + self._in_use
         by_consumer = ", ".join(f"{c} {n}" for c, n in sorted(self._consumers.items())) or "none"
         text = (
             f"no connection for consumer {consumer!r} within {waited:.3g}s from pool "
             f"{self.name}: size {size}/{self._max_size} (connecting {self._connecting}), "
             f"in use {self._in_use} ({by_consumer}), idle {len(self._idle)}, "
-            f"waiting {self._n_waiting}"
+            f"waiting {waiting}"
         )
         limit = self._limits.get(consumer)
         if limit is not None:
@@ -641,7 +586,7 @@ class Pool:
             waited=round(waited, 3),
             size=size,
             in_use=self._in_use,
-            waiting=self._n_waiting,
+            waiting=waiting,
             limit=limit,
         )
         return AcquireTimeout(f"{text}. {advice}.")
@@ -666,7 +611,12 @@ class Pool:
         # After a permanent error (wrong password, no such database) connect only on
         # demand: no endless background retries for min_size, no log line every 5 s.
         floor = 0 if self._permanent_error else self._min_size - size
-        want = max(floor, self._n_waiting - len(self._idle)) - self._connecting
+        if room <= 0:
+            return
+        idle = len(self._idle)
+        # Counting waiters costs a scan: stop once there are enough to fill the room.
+        waiting = self._queue.count(at_most=room + idle + self._connecting)
+        want = max(floor, waiting - idle) - self._connecting
         # A few attempts at a time (the next starts when one ends): against a full or
         # slow server a burst of connects only adds load.
         in_flight = self.config.max_connecting - self._connecting
@@ -684,7 +634,7 @@ class Pool:
                 # so now rather than at every waiter's deadline.
                 self._permanent_error = True
                 reason = f"connecting fails: {self._last_error}"
-                self._fail_waiters(lambda consumer: self._unavailable(reason, consumer))
+                self._queue.fail_all(lambda consumer: self._unavailable(reason, consumer))
             self._enter_backoff()
             return
         except BaseException:
@@ -854,10 +804,7 @@ class Pool:
 
     def stats(self) -> S.PoolStats:
         """A snapshot; ``url`` and ``last_error`` are redacted."""
-        waiting_by: dict[str, int] = {}
-        for waiter in self._waiters:
-            if not waiter.future.done():
-                waiting_by[waiter.consumer] = waiting_by.get(waiter.consumer, 0) + 1
+        waiting_by = self._queue.by_consumer()
         return S.PoolStats(
             name=self.name,
             url=self.url.redacted(),
@@ -865,7 +812,7 @@ class Pool:
             size=len(self._idle) + self._in_use,
             idle=len(self._idle),
             in_use=self._in_use,
-            waiting=self._n_waiting,
+            waiting=sum(waiting_by.values()),
             min_size=self._min_size,
             max_size=self._max_size,
             connecting=self._connecting,

@@ -47,22 +47,34 @@ class DriverConnection(Protocol):
 
     def checkout(self) -> bool:
         """Called (no I/O) when the connection leaves the idle list: False if it is
-        closed or something arrived while it sat idle (then the pool pings it first)."""
+        closed or something arrived unasked since its last operation (then the pool
+        pings it first)."""
 
     def checked(self) -> None:
         """The pool has just pinged it successfully: whatever arrived was harmless."""
 
     def verdict(self, failed: bool) -> int:
-        """CLEAN, DIRTY, NEEDS_FULL_RESET or BROKEN, decided without I/O.
+        """CLEAN, DIRTY, NEEDS_FULL_RESET or BROKEN, decided without I/O and without
+        side effects (it may be asked more than once).
 
-        ``failed`` is True when the lease ended with an exception (a cancellation
-        included), so a driver can assume an operation may still be in flight.
+        Never CLEAN for a connection whose protocol may not be idle: closed, an
+        operation or a cancellation in flight, or something received unasked (a
+        FATAL that the driver read between operations). ``failed`` is True when the
+        lease ended with an exception (a cancellation included), so a driver can
+        assume an operation may still be in flight.
         """
+
+    def is_lost_error(self, exc: BaseException) -> bool:
+        """True when ``exc``, raised to the lease holder, is the driver's own way of
+        saying the connection is gone or unusable (asyncpg's InternalClientError, an
+        InterfaceError on a closed connection): the lease raises
+        :class:`~connman.errors.ConnectionLost` instead and the pool drops it."""
 
     async def reset(self, full: bool) -> bool:
         """Make the connection clean: roll back, restore changed session state and,
         with ``full``, everything the server does not report (LISTEN, advisory locks,
-        temp tables...). Returns False if it could not be made clean."""
+        temp tables...); make sure the protocol is usable if ``verdict`` had doubts.
+        Returns False if it could not be made clean."""
 
     async def ping(self) -> None:
         """One cheap round trip; raises if the connection is dead."""

@@ -59,6 +59,10 @@ class AiosqliteConnection:
     def checked(self) -> None:
         return None
 
+    def is_lost_error(self, exc: BaseException) -> bool:
+        # aiosqlite's "no active connection" / "Connection closed" (ValueError).
+        return isinstance(exc, ValueError) and self.is_closed()
+
     def verdict(self, failed: bool) -> int:
         if self.is_closed():
             return BROKEN

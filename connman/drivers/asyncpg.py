@@ -53,18 +53,28 @@ _SERVER_OWNED = frozenset(
 )
 
 
-class _IdleWatch(asyncio.Protocol):
-    """Stands in for asyncpg's protocol on the transport while the connection is idle
-    in the pool, and notes anything that arrives meanwhile.
+# The last bytes of a ReadyForQuery message but its status byte ('Z', length 5): the
+# server sends one at the end of every operation, and nothing after it until asked.
+_READY_FOR_QUERY = b"Z\x00\x00\x00\x05"
 
-    When a backend is terminated, PostgreSQL sends FATAL and then closes the socket.
-    asyncpg reads the FATAL in one loop iteration (its idle protocol enters an error
-    state it does not expose) and sees the end of stream only in a later one; a
-    connection lent in between fails with "another operation is in progress". An
-    idle pooled connection should receive nothing, so anything that arrives marks it
-    suspect and the pool pings it before lending it. Swapped in on release and out on
-    checkout (two attribute writes on the transport), so a leased connection's reads
-    go straight to asyncpg.
+
+class _ReadWatch(asyncio.Protocol):
+    """Stands in front of asyncpg's protocol on the transport for the connection's
+    whole life, and tells whether the server sent anything after its last
+    ReadyForQuery (``suspect``).
+
+    Why: when a backend is terminated, PostgreSQL sends FATAL and then closes the
+    socket. If asyncpg reads the FATAL while no operation is in progress (the
+    connection idle in the pool, or leased between two queries, or the FATAL in the
+    same read as the end of the last result), its protocol moves to an error state it
+    does not expose, and sees the end of stream only in a later loop iteration; any
+    operation in between fails with ``InternalClientError: cannot switch to state 12;
+    another operation (2) is in progress``. Whatever arrives after a ReadyForQuery
+    without being asked for (that FATAL, a NOTIFY) makes the connection suspect, and
+    the pool pings a suspect connection before anyone else gets it (issue 10.6).
+
+    One bytes comparison per read; the connection's queries never pass through here
+    otherwise.
     """
 
     __slots__ = ("inner", "suspect")
@@ -74,7 +84,9 @@ class _IdleWatch(asyncio.Protocol):
         self.suspect = False
 
     def data_received(self, data: bytes) -> None:
-        self.suspect = True
+        # Mid-operation reads end anywhere (suspect, for a moment); the read that
+        # ends an operation ends with its ReadyForQuery (the status byte follows).
+        self.suspect = not data.endswith(_READY_FOR_QUERY, -6, -1)
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -95,16 +107,14 @@ class _IdleWatch(asyncio.Protocol):
 class AsyncpgConnection:
     """One asyncpg connection and what we know of its session state."""
 
-    __slots__ = ("_live", "_snapshot", "_transport", "_watch", "raw")
+    __slots__ = ("_live", "_snapshot", "_watch", "raw")
 
     def __init__(self, raw: asyncpg.Connection) -> None:
         self.raw = raw
         transport = raw._transport
-        self._transport = transport
-        self._watch: _IdleWatch | None = None
+        self._watch: _ReadWatch | None = None
         if transport is not None and hasattr(transport, "set_protocol"):
-            # A new connection goes to the idle list first: watch it from now on.
-            self._watch = _IdleWatch(transport.get_protocol())
+            self._watch = _ReadWatch(transport.get_protocol())
             transport.set_protocol(self._watch)
         # asyncpg keeps the server's ParameterStatus values in a dict inside its Cython
         # ConnectionSettings, updated in place on every ParameterStatus message, but does
@@ -119,23 +129,22 @@ class AsyncpgConnection:
 
     def checkout(self) -> bool:
         watch = self._watch
-        if watch is None:
-            return not self.raw.is_closed()
-        if watch.suspect or self.raw.is_closed():
+        if watch is not None and watch.suspect:
             return False
-        self._transport.set_protocol(watch.inner)
-        return True
+        return not self.raw.is_closed()
 
     def checked(self) -> None:
-        watch = self._watch
-        if watch is not None:
-            watch.suspect = False
-            self._transport.set_protocol(watch.inner)
+        # Nothing to do: the ping's own ReadyForQuery cleared ``suspect``, unless
+        # something came after it, and then the connection is still suspect.
+        return None
 
-    def _watch_idle(self) -> None:
-        watch = self._watch
-        if watch is not None and not self.raw.is_closed():
-            self._transport.set_protocol(watch)
+    def is_lost_error(self, exc: BaseException) -> bool:
+        # asyncpg's own states, never the server's: its protocol lost track of the
+        # conversation (after an unexpected FATAL: "cannot switch to state N; another
+        # operation (2) is in progress"), or it found the connection closed.
+        if isinstance(exc, asyncpg.InternalClientError):
+            return True
+        return isinstance(exc, asyncpg.InterfaceError) and self.raw.is_closed()
 
     def verdict(self, failed: bool) -> int:
         raw = self.raw
@@ -155,11 +164,10 @@ class AsyncpgConnection:
             or raw._query_loggers
             or (self._live is not None and self._live != self._snapshot)
             or (self._live is None and not self._parameters_unchanged())
+            # Something arrived after the last ReadyForQuery (a FATAL?): reset pings.
+            or (self._watch is not None and self._watch.suspect)
         ):
             return DIRTY
-        watch = self._watch
-        if watch is not None:
-            self._transport.set_protocol(watch)
         return CLEAN
 
     def _parameters_unchanged(self) -> bool:
@@ -177,6 +185,16 @@ class AsyncpgConnection:
             await protocol._wait_for_cancellation()
         if raw.is_closed():
             return False
+        watch = self._watch
+        if watch is not None and watch.suspect:
+            # Something arrived unasked: make sure the protocol is still usable. A
+            # protocol in asyncpg's hidden error state fails this: terminate, so the
+            # pool counts the connection lost and nobody else gets it.
+            try:
+                await self.ping()
+            except Exception:
+                raw.terminate()
+                return False
         # Client-side callbacks belong to the lease that registered them.
         raw._listeners.clear()
         raw._log_listeners.clear()
@@ -189,10 +207,7 @@ class AsyncpgConnection:
             await raw.execute(FULL_RESET)
         elif not self._parameters_unchanged():
             await raw.execute("RESET ALL")
-        clean = self._accept_parameters()
-        if clean:
-            self._watch_idle()
-        return clean
+        return self._accept_parameters()
 
     def _accept_parameters(self) -> bool:
         """After a reset: clean if every session-settable parameter is back."""

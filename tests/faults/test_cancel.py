@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import Counter
 
 import anyio
@@ -19,6 +20,7 @@ from faultkit import (
     app_name,
     backends,
     counters,
+    outcome,
     wait_until,
 )
 
@@ -248,3 +250,135 @@ async def test_cancel_mid_query_in_transaction(postgres_database, make_manager, 
     c = counters(manager)
     assert c["connections_opened"] == 1, c  # cleaned, not thrown away
     assert manager.stats()[0].in_use == 0
+
+
+async def _lease_and_query(manager, consumer: str, sql: str = "SELECT 1", *args) -> object:
+    async with manager.lease(consumer, timeout=10) as lease:
+        return await lease.connection.fetchval(sql, *args)
+
+
+async def test_cancelled_waiter_newcomer_and_releases_in_one_step(postgres_database, make_manager):
+    """The interleaving behind issue 10.3, built with the public API: two leases held on
+    max_size=2 and one waiter queued; then, in one synchronous block, a newcomer task
+    is created, the waiter is cancelled and both leases are released without awaiting.
+    The newcomer is served, nothing raises, and nothing stays in use. (Before the
+    fix: the newcomer failed with IndexError and its connection stayed in use for the
+    life of the pool.)"""
+    manager = await make_manager(
+        postgres_database, application_name=app_name("handoff"), min_size=0, max_size=2
+    )
+    first = await manager.acquire("first", timeout=5)
+    second = await manager.acquire("second", timeout=5)
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_task(_lease_and_query(manager, "waiter"))
+    await wait_until(lambda: manager.stats()[0].waiting == 1, timeout=5, what="the waiter")
+
+    newcomer = loop.create_task(_lease_and_query(manager, "newcomer"))
+    waiter.cancel()
+    assert first.release_nowait()
+    assert second.release_nowait()
+
+    with anyio.fail_after(10):
+        assert await outcome(newcomer) == 1
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+    await wait_until(
+        lambda: manager.stats()[0].in_use == 0, timeout=1, what="every connection back"
+    )
+    stats = manager.stats()[0]
+    assert (stats.waiting, stats.consumers) == (0, {})
+    # Both connections serve again, at once.
+    assert await asyncio.gather(*(_lease_and_query(manager, f"c{i}") for i in range(2))) == [1, 1]
+
+
+class LoopStalls:
+    """Blocks the event loop for 0-10 ms every 0-20 ms (a gen-2 GC pass, a CPU hog in
+    a callback), from a loop callback, while the block runs."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+        self._handle: asyncio.TimerHandle | None = None
+        self.count = 0
+
+    def _stall(self) -> None:
+        time.sleep(self._rng.uniform(0, 0.010))  # the fault itself: the loop blocked
+        self.count += 1
+        self._handle = asyncio.get_running_loop().call_later(
+            self._rng.uniform(0, 0.020), self._stall
+        )
+
+    def __enter__(self) -> LoopStalls:
+        self._handle = asyncio.get_running_loop().call_later(0, self._stall)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._handle is not None
+        self._handle.cancel()
+
+
+STORMS = 50
+STORM_TASKS = 400
+
+
+async def test_cancellation_storms_with_loop_stalls_leave_nothing_in_use(
+    postgres_database, make_manager, record_property
+):
+    """Issue 10.3's storm, 50 times: tasks leasing on max_size=10 (pg_sleep), each
+    under anyio.move_on_after with a random deadline, while the loop stalls 0-10 ms
+    every 0-20 ms. Every time: no task fails with anything but its own cancellation,
+    and the pool is back to nothing in use within 1 s."""
+    manager = await make_manager(
+        postgres_database,
+        application_name=app_name("stalls"),
+        min_size=2,
+        max_size=MAX_SIZE,
+        acquire_timeout=30,
+        # As in the storm above: connections retire and reopen during the storm, and
+        # every lease takes the queued path and pings first (cancelled mid-ping too).
+        max_lifetime=0.15,
+        health_check_after=0.0,
+    )
+    rng = random.Random(20261204)
+    loop = asyncio.get_running_loop()
+    worst_settle = 0.0
+    cancelled = 0
+
+    async def victim(i: int, errors: list[BaseException]) -> None:
+        nonlocal cancelled
+        try:
+            with anyio.move_on_after(rng.uniform(0, 0.03)) as scope:
+                async with manager.lease(CONSUMERS[i % 3]) as lease:
+                    await lease.connection.fetchval(
+                        "SELECT pg_sleep($1)", rng.choice((0, 0.001, 0.005))
+                    )
+            cancelled += scope.cancelled_caught
+        except Exception as exc:  # IndexError, AcquireTimeout, "another operation"...
+            errors.append(exc)
+
+    for storm in range(STORMS):
+        errors: list[BaseException] = []
+        with LoopStalls(rng), anyio.fail_after(30):
+            # Arrivals go on all through the storm, in bursts: newcomers keep meeting
+            # waiters that were just cancelled and connections just released.
+            tasks: list[asyncio.Task[None]] = []
+            while len(tasks) < STORM_TASKS:
+                for _ in range(rng.randint(1, 12)):
+                    tasks.append(loop.create_task(victim(len(tasks), errors)))
+                await asyncio.sleep(rng.choice((0, 0, 0.001, 0.003)))
+            await asyncio.gather(*tasks)
+        # Errors first: a failure names its cause, not only its symptom.
+        assert not errors, f"storm {storm}: {errors[:5]!r}"
+        settled = loop.time()
+        stats = await wait_until(
+            lambda: (s := manager.stats()[0]).in_use == 0 and s.waiting == 0 and s,
+            timeout=1,
+            what=f"nothing in use after storm {storm}",
+        )
+        worst_settle = max(worst_settle, loop.time() - settled)
+        assert stats.consumers == {}
+        assert stats.size <= MAX_SIZE
+    record_property("worst_settle_seconds", round(worst_settle, 4))
+    print(f"\n{STORMS} storms x {STORM_TASKS} tasks: worst settle {worst_settle * 1000:.1f} ms")
+    assert cancelled > STORMS * STORM_TASKS // 4  # the deadlines did cut leases short
+    async with manager.lease("after") as lease:
+        assert await lease.connection.fetchval("SELECT 1") == 1

@@ -20,19 +20,23 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from connman.testing.cluster import free_port
 
 __all__ = [
+    "COMPOSE_PROJECT_LABEL",
     "DEFAULT_IMAGE",
     "OWNER_LABEL",
     "DockerUnavailable",
     "PostgresContainerServer",
+    "compose_project",
     "docker_engine",
     "owner",
     "postgres_image",
     "reap_leftovers",
+    "remove_compose_project",
 ]
 
 DEFAULT_IMAGE = "postgres:15"
@@ -41,6 +45,9 @@ image on a machine that can pull, the one ``deploy/images/build`` makes elsewher
 
 OWNER_LABEL = "org.connman.test.owner"
 """``<hostname>:<pid>`` of the process that created a container, volume or network."""
+
+COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
+_COMPOSE_PREFIX = "connman-test-"
 
 # Durability off, room for the suite's pools: the same settings as LocalCluster.
 _SERVER_SETTINGS = (
@@ -65,6 +72,13 @@ def owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def compose_project() -> str:
+    """The compose project name for what this process brings up (``-p``); compose
+    labels its containers, volumes and networks with it, and :func:`reap_leftovers`
+    reads the pid back."""
+    return f"{_COMPOSE_PREFIX}{os.getpid()}"
+
+
 def docker_engine() -> Any:
     """A ``docker.DockerClient`` that answered a ping; raise :class:`DockerUnavailable`
     (testcontainers not installed, or no engine) otherwise."""
@@ -83,30 +97,50 @@ def docker_engine() -> Any:
 
 
 def reap_leftovers(client: Any) -> list[str]:
-    """Remove the containers, volumes and networks labelled :data:`OWNER_LABEL` by a
-    process of this host that no longer runs; their names. Another live process's
-    (a parallel run) are left alone."""
+    """Remove the containers, networks and volumes (in that order: a volume or network
+    in use cannot go) that a process of this host which no longer runs created: those
+    labelled :data:`OWNER_LABEL`, and those of a :func:`compose_project`. Returns their
+    names. A live process's (a parallel run) are left alone. Compose projects carry no
+    host name: this assumes the engine is this machine's (tests publish on 127.0.0.1)."""
     host = socket.gethostname()
 
     def dead(labels: dict[str, str] | None) -> bool:
-        value = (labels or {}).get(OWNER_LABEL, "")
-        label_host, _, pid = value.rpartition(":")
+        labels = labels or {}
+        project = labels.get(COMPOSE_PROJECT_LABEL, "")
+        if project.startswith(_COMPOSE_PREFIX):
+            label_host, pid = host, project.removeprefix(_COMPOSE_PREFIX)
+        else:
+            label_host, _, pid = labels.get(OWNER_LABEL, "").rpartition(":")
         return label_host == host and pid.isdigit() and not _alive(int(pid))
 
     removed: list[str] = []
-    selector = {"label": OWNER_LABEL}
+    for label in (OWNER_LABEL, COMPOSE_PROJECT_LABEL):
+        removed += _remove(client, {"label": label}, dead)
+    return removed
+
+
+def remove_compose_project(client: Any, project: str) -> list[str]:
+    """Remove every container, network and volume of a compose project (what
+    ``down -v`` should have removed); their names."""
+    return _remove(client, {"label": f"{COMPOSE_PROJECT_LABEL}={project}"}, lambda _: True)
+
+
+def _remove(
+    client: Any, selector: dict[str, str], wanted: Callable[[dict[str, str] | None], bool]
+) -> list[str]:
+    removed: list[str] = []
     for container in client.containers.list(all=True, filters=selector):
-        if dead(container.labels):
+        if wanted(container.labels):
             with contextlib.suppress(Exception):  # gone meanwhile
                 container.remove(force=True, v=True)
                 removed.append(f"container {container.name}")
     for network in client.networks.list(filters=selector):
-        if dead(network.attrs.get("Labels")):
+        if wanted(network.attrs.get("Labels")):
             with contextlib.suppress(Exception):
                 network.remove()
                 removed.append(f"network {network.name}")
     for volume in client.volumes.list(filters=selector):
-        if dead(volume.attrs.get("Labels")):
+        if wanted(volume.attrs.get("Labels")):
             with contextlib.suppress(Exception):
                 volume.remove(force=True)
                 removed.append(f"volume {volume.name}")

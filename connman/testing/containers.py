@@ -290,11 +290,13 @@ class PostgresContainerServer:
         try:
             container.start()
         except Exception as exc:
-            log = self.logs()[-2000:]
+            # testcontainers' readiness error quotes its psql command, password included.
+            detail = f"{type(exc).__name__}: {exc}\n{self.logs()[-2000:]}"
+            if self._password:
+                detail = detail.replace(self._password, "***")
             self.remove()
             raise DockerUnavailable(
-                f"the container from {self.image} did not become ready "
-                f"({type(exc).__name__}: {exc})\n{log}"
+                f"the container from {self.image} did not become ready ({detail})"
             ) from None
 
     def _wait_ready(self) -> None:

@@ -150,3 +150,33 @@ def test_connman_test_postgres_env_without_a_url_says_so(
     result.stdout.fnmatch_lines(
         ["*CONNMAN_TEST_POSTGRES_URL is not set*CONNMAN_TEST_POSTGRES=env allows no other*"]
     )
+
+
+@pytest.mark.docker
+def test_a_container_that_never_gets_ready_is_removed_and_the_error_hides_the_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server refuses its settings and exits: start() raises DockerUnavailable with
+    the reason, the container is gone, and the password (which testcontainers' own
+    readiness error quotes) is not in the message."""
+    from testcontainers.core.config import testcontainers_config
+
+    from connman.testing import containers
+
+    monkeypatch.setattr(testcontainers_config, "max_tries", 5)  # readiness: 5 s
+    monkeypatch.setattr(containers, "_SERVER_SETTINGS", ("max_connections=-1",))
+    client = docker_engine()
+    mine = {"label": f"{OWNER_LABEL}={owner()}"}
+    try:
+        before = {c.id for c in client.containers.list(all=True, filters=mine)}
+        server = containers.PostgresContainerServer(password="s3cret-never-shown")
+        with pytest.raises(containers.DockerUnavailable) as info:
+            server.start()
+        after = {c.id for c in client.containers.list(all=True, filters=mine)}
+    finally:
+        client.close()
+    message = str(info.value)
+    assert "did not become ready" in message
+    assert "max_connections" in message  # the server's own complaint, from its log
+    assert "s3cret-never-shown" not in message
+    assert after == before

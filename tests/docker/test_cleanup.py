@@ -53,32 +53,44 @@ def test_the_container_is_removed_even_when_the_test_fails(
 
 @pytest.mark.docker
 def test_leftovers_of_a_killed_run_are_reaped_and_a_live_runs_are_kept() -> None:
-    """A container labelled by a process that is gone (a killed run) is removed by the
-    next run; one of a live process (a parallel run) is not."""
-    from connman.testing.containers import reap_leftovers
+    """What a process that is gone (a killed run) left, a labelled container or a
+    volume of its compose project, is removed by the next run; what a live process (a
+    parallel run) made is not."""
+    from connman.testing.containers import COMPOSE_PROJECT_LABEL, compose_project, reap_leftovers
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     host = owner().rpartition(":")[0]
     client = docker_engine()
-    created = []
+    containers: list = []
+    volumes: list = []
     try:
-        for label in (f"{host}:{gone.stdout.strip()}", owner()):
-            created.append(
+        for label in (f"{host}:{gone}", owner()):
+            containers.append(
                 client.containers.create(
                     postgres_image(), command=["true"], labels={OWNER_LABEL: label}
                 )
             )
-        dead, live = created
+        for project in (f"connman-test-{gone}", compose_project()):
+            volumes.append(
+                client.volumes.create(
+                    name=f"{project}_data", labels={COMPOSE_PROJECT_LABEL: project}
+                )
+            )
         removed = reap_leftovers(client)
         ids = {c.id for c in client.containers.list(all=True, filters={"label": OWNER_LABEL})}
-        assert f"container {dead.name}" in removed
-        assert dead.id not in ids
-        assert live.id in ids
+        names = {v.name for v in client.volumes.list()}
+        assert f"container {containers[0].name}" in removed
+        assert (containers[0].id in ids, containers[1].id in ids) == (False, True)
+        assert f"volume {volumes[0].name}" in removed
+        assert (volumes[0].name in names, volumes[1].name in names) == (False, True)
     finally:
-        for container in created:
+        for container in containers:
             with contextlib.suppress(Exception):  # the reaped one is gone already
-                container.remove(force=True, v=True)
+                container.remove(force=True, v=True)  # v: the image's PGDATA volume
+        for volume in volumes:
+            with contextlib.suppress(Exception):
+                volume.remove(force=True)
         client.close()
 
 

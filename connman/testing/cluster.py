@@ -22,7 +22,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["ClusterUnavailable", "LocalCluster", "find_bindir"]
+__all__ = ["ClusterUnavailable", "LocalCluster", "find_bindir", "free_port"]
 
 _SERVER_USER = "postgres"
 _template_lock = threading.Lock()
@@ -92,7 +92,7 @@ class LocalCluster:
         self.base = Path(tempfile.mkdtemp(prefix="connman-pg-"))
         self.data = self.base / "data"
         self.log = self.base / "server.log"
-        self.port = _free_port()
+        self.port = free_port()
         self.running = False
         if self._as_user is not None:
             os.chown(self.base, self._as_user.pw_uid, self._as_user.pw_gid)
@@ -266,7 +266,7 @@ def _server_user() -> pwd.struct_passwd:
         ) from None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

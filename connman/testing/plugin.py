@@ -5,7 +5,8 @@ Fixtures:
 - ``postgres_url`` (session): a URL to a running PostgreSQL, from the first source
   that works: ``CONNMAN_TEST_POSTGRES_URL``; testcontainers' PostgresContainer when a
   Docker engine answers and the image (``CONNMAN_TEST_POSTGRES_IMAGE``, default
-  ``postgres:16-alpine``) is present; a throwaway cluster from the local binaries.
+  ``postgres:15``) is present; a throwaway cluster from the local binaries.
+  ``CONNMAN_TEST_POSTGRES=env|docker|local`` forces one source (no fallback).
   Otherwise the test is skipped with a reason that says how to get one, or fails
   when ``CONNMAN_REQUIRE_POSTGRES=1``.
 - ``postgres_database`` (function): a fresh, empty database on that server, dropped
@@ -13,6 +14,10 @@ Fixtures:
 - ``postgres_cluster`` (function): a cluster of the test's own
   (:class:`~connman.testing.cluster.LocalCluster`, with ``stop()``, ``start()``,
   ``restart()``) for tests that break servers. Never the shared one.
+- ``postgres_container`` (function): a PostgreSQL container of the test's own
+  (:class:`~connman.testing.containers.PostgresContainerServer`, with ``stop()`` and
+  ``start()``), through testcontainers, removed afterwards; without a Docker engine
+  the test is skipped, or fails when ``CONNMAN_REQUIRE_DOCKER=1``.
 - ``sqlite_url`` (function): a SQLite file in the test's tmp_path.
 - ``connman_manager`` (function, async): a started ConnectionManager on
   ``postgres_database``, closed afterwards.
@@ -35,11 +40,17 @@ from typing import Any, NoReturn
 import pytest
 
 from connman.testing.cluster import ClusterUnavailable, LocalCluster
+from connman.testing.containers import (
+    DockerUnavailable,
+    PostgresContainerServer,
+    docker_engine,
+    reap_leftovers,
+)
 
 __all__ = ["PostgresServer"]
 
 _TRUE = ("1", "true", "yes", "on")
-_DEFAULT_IMAGE = "postgres:16-alpine"
+_SOURCES = ("env", "docker", "local")
 _server_key = pytest.StashKey["PostgresServer"]()
 
 
@@ -70,56 +81,85 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(f"no PostgreSQL: {reason}")
 
 
+def require_docker() -> bool:
+    """True when a test that needs a Docker engine must fail rather than skip
+    (``.ci/run`` sets ``CONNMAN_REQUIRE_DOCKER=1`` after starting one)."""
+    return os.environ.get("CONNMAN_REQUIRE_DOCKER", "").strip().lower() in _TRUE
+
+
+def docker_unavailable(reason: str) -> NoReturn:
+    """Skip (or fail, under CONNMAN_REQUIRE_DOCKER=1) a test that needs Docker."""
+    if require_docker():
+        pytest.fail(f"Docker required (CONNMAN_REQUIRE_DOCKER=1) but {reason}", pytrace=False)
+    pytest.skip(f"no Docker: {reason}")
+
+
 def start_container() -> tuple[str, Any]:
-    """Start testcontainers' PostgresContainer; raise RuntimeError with the reason it
-    cannot (no testcontainers, no Docker engine, image absent: never pulled here)."""
-    try:
-        import docker
-    except ImportError:
-        raise RuntimeError(
-            "testcontainers is not installed (pip install 'connman[testing]')"
-        ) from None
-    try:  # testcontainers >= 4.14 moved the module; older releases have only the old path
-        from testcontainers.community.postgres import PostgresContainer
-    except ImportError:
-        from testcontainers.postgres import PostgresContainer
-    image = os.environ.get("CONNMAN_TEST_POSTGRES_IMAGE", "").strip() or _DEFAULT_IMAGE
-    try:
-        client = docker.from_env(timeout=5)
-        client.ping()
-    except Exception as exc:
-        raise RuntimeError(f"no Docker engine answers ({type(exc).__name__}: {exc})") from None
-    try:
-        client.images.get(image)
-    except Exception:
-        raise RuntimeError(
-            f"the Docker image {image} is not present (docker pull {image})"
-        ) from None
-    container = PostgresContainer(image, username="connman", password="connman", dbname="connman")
-    container.start()
-    raw = container.get_connection_url(driver=None)
-    url = raw.replace("postgresql://", "postgresql+asyncpg://", 1)
-    return url, container.stop
+    """Start a PostgreSQL container (testcontainers); its URL and a function that
+    removes it. Raise :class:`~connman.testing.containers.DockerUnavailable` (a
+    RuntimeError) with the reason it cannot: no testcontainers, no Docker engine, the
+    image absent (never pulled here)."""
+    _reap_once()
+    server = PostgresContainerServer()
+    server.start()
+    return server.url, server.remove
+
+
+def forced_source() -> str | None:
+    """``CONNMAN_TEST_POSTGRES``: ``env``, ``docker`` or ``local`` forces that source
+    of the session's PostgreSQL; unset or ``auto``: the first that works."""
+    value = os.environ.get("CONNMAN_TEST_POSTGRES", "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in _SOURCES:
+        raise ClusterUnavailable(
+            f"CONNMAN_TEST_POSTGRES={value!r}: expected one of env, docker, local, auto"
+        )
+    return value
 
 
 def _find_server() -> PostgresServer:
+    forced = forced_source()
     skipped: list[str] = []
-    env_url = os.environ.get("CONNMAN_TEST_POSTGRES_URL", "").strip()
-    if env_url:
-        return PostgresServer(url=env_url, kind="env")
-    skipped.append("CONNMAN_TEST_POSTGRES_URL is not set")
+    if forced in (None, "env"):
+        env_url = os.environ.get("CONNMAN_TEST_POSTGRES_URL", "").strip()
+        if env_url:
+            return PostgresServer(url=env_url, kind="env")
+        skipped.append("CONNMAN_TEST_POSTGRES_URL is not set")
+    if forced in (None, "docker"):
+        try:
+            url, stop = start_container()
+            return PostgresServer(url=url, kind="testcontainers", skipped=skipped, _stop=stop)
+        except DockerUnavailable as exc:
+            skipped.append(f"testcontainers: {exc}")
+    if forced in (None, "local"):
+        try:
+            cluster = LocalCluster()
+            cluster.start()
+            return PostgresServer(
+                url=cluster.url, kind="local", skipped=skipped, _stop=cluster.destroy
+            )
+        except ClusterUnavailable as exc:
+            skipped.append(f"local binaries: {exc}")
+    if forced is not None:
+        skipped.append(f"CONNMAN_TEST_POSTGRES={forced} allows no other source")
+    raise ClusterUnavailable("; ".join(skipped))
+
+
+_reaped = False
+
+
+def _reap_once() -> None:
+    """Once per process, before the first container: remove what killed runs left."""
+    global _reaped
+    if _reaped:
+        return
+    client = docker_engine()
     try:
-        url, stop = start_container()
-        return PostgresServer(url=url, kind="testcontainers", skipped=skipped, _stop=stop)
-    except RuntimeError as exc:
-        skipped.append(f"testcontainers: {exc}")
-    try:
-        cluster = LocalCluster()
-        cluster.start()
-    except ClusterUnavailable as exc:
-        skipped.append(f"local binaries: {exc}")
-        raise ClusterUnavailable("; ".join(skipped)) from None
-    return PostgresServer(url=cluster.url, kind="local", skipped=skipped, _stop=cluster.destroy)
+        reap_leftovers(client)
+    finally:
+        client.close()
+    _reaped = True
 
 
 # -- hooks -------------------------------------------------------------------------
@@ -127,6 +167,9 @@ def _find_server() -> PostgresServer:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgres: the test needs a real PostgreSQL")
+    config.addinivalue_line(
+        "markers", "docker: the test needs a Docker engine (CONNMAN_REQUIRE_DOCKER=1: never skip)"
+    )
 
 
 _POSTGRES_FIXTURES = frozenset(
@@ -137,16 +180,27 @@ _POSTGRES_FIXTURES = frozenset(
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """Under CONNMAN_REQUIRE_POSTGRES=1, a skipped PostgreSQL test is a failure,
-    whatever skipped it (a fixture, a marker, the test itself)."""
+    whatever skipped it (a fixture, a marker, the test itself); under
+    CONNMAN_REQUIRE_DOCKER=1, so is a skipped Docker test."""
     report = yield
-    if report.skipped and require_postgres():
-        names = set(getattr(item, "fixturenames", ()))
-        if names & _POSTGRES_FIXTURES or item.get_closest_marker("postgres") is not None:
-            report.outcome = "failed"
-            report.longrepr = (
-                f"{item.nodeid} needs PostgreSQL and would have been skipped "
-                f"({report.longrepr}); CONNMAN_REQUIRE_POSTGRES=1 forbids that"
-            )
+    if not report.skipped:
+        return report
+    names = set(getattr(item, "fixturenames", ()))
+    needs_docker = "postgres_container" in names or item.get_closest_marker("docker") is not None
+    if needs_docker and require_docker():
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{item.nodeid} needs Docker and would have been skipped "
+            f"({report.longrepr}); CONNMAN_REQUIRE_DOCKER=1 forbids that"
+        )
+    elif require_postgres() and (
+        names & _POSTGRES_FIXTURES or item.get_closest_marker("postgres") is not None
+    ):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{item.nodeid} needs PostgreSQL and would have been skipped "
+            f"({report.longrepr}); CONNMAN_REQUIRE_POSTGRES=1 forbids that"
+        )
     return report
 
 
@@ -228,6 +282,23 @@ def throwaway_cluster(*setup: str, **options: Any) -> Iterator[LocalCluster]:
         yield cluster
     finally:
         cluster.destroy()
+
+
+@pytest.fixture
+def postgres_container() -> Iterator[PostgresContainerServer]:
+    """A started PostgreSQL container of this test's own (testcontainers), removed
+    afterwards, also when the test fails."""
+    server = PostgresContainerServer()
+    try:
+        _reap_once()
+        server.start()
+    except DockerUnavailable as exc:
+        server.remove()
+        docker_unavailable(str(exc))
+    try:
+        yield server
+    finally:
+        server.remove()
 
 
 @pytest.fixture

@@ -186,3 +186,54 @@ class Stopwatch:
 
     def __exit__(self, *exc: object) -> None:
         self.elapsed = time.monotonic() - self._t0
+
+
+class LoadThroughOutage:
+    """Tasks that lease and query in a loop while a test breaks the server, sorting
+    what they see: successes before and after the server is back, connection errors,
+    asyncpg's "another operation" race (only while the server goes away; the pool no
+    longer lends such a connection, see test_terminate.py) and anything else.
+
+    ``load.start(tg, tasks=8)``; ``load.breaking = True`` before the fault;
+    ``load.back()`` once the server is up again; ``load.stop()``."""
+
+    def __init__(self, manager: ConnectionManager) -> None:
+        self.manager = manager
+        self.ok_before = 0
+        self.ok_after = 0
+        self.outage_errors: list[BaseException] = []
+        self.known_race: list[BaseException] = []
+        self.unexpected: list[BaseException] = []
+        self.breaking = False
+        self.back_at: float | None = None
+        self._stop = asyncio.Event()
+
+    def start(self, tg: anyio.abc.TaskGroup, *, tasks: int = 8) -> None:
+        for i in range(tasks):
+            tg.start_soon(self._worker, i)
+
+    def back(self) -> None:
+        self.back_at = time.monotonic()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _worker(self, i: int) -> None:
+        while not self._stop.is_set():
+            began = time.monotonic()
+            try:
+                async with self.manager.lease(f"consumer{i % 3}", timeout=1.0) as lease:
+                    assert await lease.connection.fetchval("SELECT $1::int", i) == i
+            except Exception as exc:
+                if is_connection_error(exc):
+                    self.outage_errors.append(exc)
+                elif is_another_operation(exc) and self.breaking and self.back_at is None:
+                    self.known_race.append(exc)
+                else:
+                    self.unexpected.append(exc)
+            else:
+                if self.back_at is not None and began > self.back_at:
+                    self.ok_after += 1
+                else:
+                    self.ok_before += 1
+            await asyncio.sleep(0)

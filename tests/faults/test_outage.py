@@ -6,19 +6,18 @@ calls run in a worker thread so the event loop, and the pool, keep running.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import anyio
 import pytest
 from faultkit import (
+    LoadThroughOutage,
     ManagerFactory,
     Stopwatch,
     admin_connect,
     app_name,
     backends,
     counters,
-    is_another_operation,
     is_connection_error,
     outcome,
     wait_until,
@@ -47,53 +46,20 @@ async def test_restart_mid_load_recovers_by_itself(postgres_cluster, make_manage
         connect_timeout=2.0,
         **FAST_RECONNECT,
     )
-    restarting = False
-    restarted_at: float | None = None
-    ok_before = ok_after = 0
-    outage_errors: list[BaseException] = []
-    # "another operation (2) is in progress" can still reach a lease that was already
-    # out when the server's FATAL arrived (asyncpg's own state machine); the pool no
-    # longer lends such a connection (test_terminate.py). Counted apart: at most a
-    # few, only during the restart.
-    known_race: list[BaseException] = []
-    unexpected: list[BaseException] = []
-    stop = asyncio.Event()
-
-    async def worker(i: int) -> None:
-        nonlocal ok_before, ok_after
-        while not stop.is_set():
-            began = time.monotonic()
-            try:
-                async with manager.lease(f"consumer{i % 3}", timeout=1.0) as lease:
-                    assert await lease.connection.fetchval("SELECT $1::int", i) == i
-            except Exception as exc:
-                if is_connection_error(exc):
-                    outage_errors.append(exc)
-                elif is_another_operation(exc) and restarting and restarted_at is None:
-                    known_race.append(exc)
-                else:
-                    unexpected.append(exc)
-            else:
-                if restarted_at is not None and began > restarted_at:
-                    ok_after += 1
-                else:
-                    ok_before += 1
-            await asyncio.sleep(0)
-
+    load = LoadThroughOutage(manager)
     before = counters(manager)
     with anyio.fail_after(30):  # no task may hang
         async with anyio.create_task_group() as tg:
-            for i in range(8):
-                tg.start_soon(worker, i)
-            await wait_until(lambda: ok_before >= 50, timeout=10, what="load before restart")
-            restarting = True
+            load.start(tg, tasks=8)
+            await wait_until(lambda: load.ok_before >= 50, timeout=10, what="load before restart")
+            load.breaking = True
             await anyio.to_thread.run_sync(postgres_cluster.restart, mode)
-            restarted_at = time.monotonic()
-            await wait_until(lambda: ok_after >= 50, timeout=10, what="leases after restart")
-            recovery = time.monotonic() - restarted_at
-            stop.set()
+            load.back()
+            await wait_until(lambda: load.ok_after >= 50, timeout=10, what="leases after restart")
+            recovery = time.monotonic() - load.back_at
+            load.stop()
 
-    assert not unexpected, f"errors other than connection errors: {unexpected!r}"
+    assert not load.unexpected, f"errors other than connection errors: {load.unexpected!r}"
     assert recovery < 5.0, f"the pool took {recovery:.2f}s to serve again after the restart"
     after = counters(manager)
     assert after["connections_lost"] > before["connections_lost"], after

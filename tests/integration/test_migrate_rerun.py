@@ -192,7 +192,10 @@ async def test_ctrl_c_says_how_far_it_got_and_the_rerun_resumes(
         there = int(await conn.fetchval("SELECT count(*) FROM captures"))
     finally:
         await conn.close()
-    assert 2_000 <= reported <= there < 40_000
+    # The count is of batches the migration saw committed: a batch whose commit
+    # reached the server while the signal cancelled the wait for its answer is on
+    # the target but not in the count (the resume finds it present).
+    assert reported <= there and 2_000 <= there < 40_000
     before = await inserted(postgres_database)
 
     resumed = run_cli(*args, cwd=tmp_path)

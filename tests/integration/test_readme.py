@@ -13,6 +13,8 @@ from __future__ import annotations
 import ast
 import re
 import socket
+import subprocess
+import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +58,18 @@ def python_blocks(text: str) -> list[Block]:
     return blocks
 
 
+def is_test_module(block: Block) -> bool:
+    """A block that defines ``test_*`` functions is a test module for the reader's own
+    suite: it runs under pytest (with the connman.testing plugin), not as a script."""
+    return any(
+        isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name.startswith("test_")
+        for n in ast.parse(block.code).body
+    )
+
+
 BLOCKS = python_blocks(README.read_text(encoding="utf-8"))
-PROGRAMS = [b for b in BLOCKS if not b.fragment]
+TEST_MODULES = [b for b in BLOCKS if not b.fragment and is_test_module(b)]
+PROGRAMS = [b for b in BLOCKS if not b.fragment and not is_test_module(b)]
 
 
 def test_the_readme_has_python_blocks() -> None:
@@ -84,6 +96,35 @@ def test_block_runs_what_it_defines(block: Block) -> None:
         if isinstance(n, ast.Name)
     }
     assert defined <= used, f"{block} never runs {sorted(defined - used)}"
+
+
+@pytest.mark.parametrize("block", TEST_MODULES, ids=str)
+def test_test_module_passes_under_pytest(block: Block, tmp_path: Path, postgres_url: str) -> None:
+    """As a reader's suite runs it: pytest in a project of its own, the plugin loaded
+    by its entry point, the server from CONNMAN_TEST_POSTGRES_URL (local binaries for
+    ``postgres_cluster``). Every test it defines must pass, none skip."""
+    module = tmp_path / "project" / "test_from_readme.py"
+    module.parent.mkdir()
+    module.write_text(block.code, encoding="utf-8")
+    expected = sum(
+        isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name.startswith("test_")
+        for n in ast.parse(block.code).body
+    )
+    env = fresh_env(
+        tmp_path / "home", CONNMAN_TEST_POSTGRES_URL=postgres_url, CONNMAN_REQUIRE_POSTGRES="1"
+    )
+    finished = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(module)],
+        env=env,
+        cwd=module.parent,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 2,
+        check=False,
+    )
+    output = f"{block}:\n{finished.stdout}\n{finished.stderr}"
+    assert finished.returncode == 0, output
+    assert f"{expected} passed" in finished.stdout and "skipped" not in finished.stdout, output
 
 
 def _closed_port() -> int:

@@ -47,7 +47,27 @@ class PoolClosed(ConnmanError):
 
 
 class PoolUnavailable(ConnmanError):
-    """The database cannot be reached: connecting failed and no connection is usable."""
+    """The database cannot be reached: connecting failed and no connection is usable.
+
+    Besides the message, the parts as fields (None when unknown), for code that words
+    its own message: never parse the text.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        hint: str | None = None,
+        host: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        """What failed: the driver's error, redacted (no password)."""
+        self.hint = hint
+        """What to do about it."""
+        self.host = host
+        """Which database: its redacted URL."""
 
 
 class LeaseError(ConnmanError):

@@ -376,6 +376,7 @@ class ConnectionManager:
         wanted = self.storage
         candidates = [wanted, *(wanted.fallbacks if self._degrade else ())]
         failures: list[str] = []
+        last: PoolUnavailable | None = None
         for candidate in candidates:
             url = parse_url(candidate.url, source=candidate.source)
             pool = self._new_pool(url)
@@ -383,6 +384,7 @@ class ConnectionManager:
             try:
                 await pool.open(wait=True)
             except PoolUnavailable as exc:
+                last = exc
                 failures.append(f"{candidate.tier.value} ({exc})")
                 if self._degrade and candidate is not candidates[-1]:
                     self._log.warning(
@@ -410,7 +412,13 @@ class ConnectionManager:
         hint = f"Start the database (docker compose up -d) or fix {where}"
         if wanted.strict:
             hint += ", or unset KGENTS_STORAGE_STRICT to allow degradation"
-        raise PoolUnavailable("no storage reachable: " + "; ".join(failures) + ". " + hint)
+        raise PoolUnavailable(
+            "no storage reachable: " + "; ".join(failures) + ". " + hint,
+            # The wanted store's own failure when it was the only one tried.
+            reason=last.reason if last and len(candidates) == 1 else "; ".join(failures),
+            hint=hint,
+            host=wanted.redacted_url,
+        )
 
     async def aclose(self, timeout: float = 10.0) -> None:
         """Close every pool: waiters get PoolClosed, leases still out get ``timeout``

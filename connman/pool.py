@@ -190,8 +190,12 @@ class Pool:
                         "Check that the server runs and that the URL (host, port, user, "
                         "password) is right"
                     )
+                    reason = _describe(exc)
                     raise PoolUnavailable(
-                        f"cannot connect to {self.name}: {_describe(exc)}. {hint}."
+                        f"cannot connect to {self.name}: {reason}. {hint}.",
+                        reason=reason,
+                        hint=hint,
+                        host=self.url.redacted(),
                     ) from None
                 raise
             self._idle.append(pooled)
@@ -649,7 +653,12 @@ class Pool:
         if self._observer is not None:
             self._observer.acquire_failed(self.name, consumer, "unavailable")
         hint = f" {self._last_hint}." if self._last_hint is not None else ""
-        return PoolUnavailable(f"{text}.{hint} The pool keeps reconnecting in the background.")
+        return PoolUnavailable(
+            f"{text}.{hint} The pool keeps reconnecting in the background.",
+            reason=self._last_error or text,
+            hint=self._last_hint,
+            host=self.url.redacted(),
+        )
 
     # ================================================================= growth
 

@@ -418,7 +418,7 @@ class ConnectionManager:
             reason=last.reason if last and len(candidates) == 1 else "; ".join(failures),
             hint=hint,
             host=wanted.redacted_url,
-        )
+        ) from last  # the last store's own error: its reason and the driver's hint
 
     async def aclose(self, timeout: float = 10.0) -> None:
         """Close every pool: waiters get PoolClosed, leases still out get ``timeout``

@@ -93,6 +93,10 @@ async def _connect(manager: ConnectionManager | None, url: DatabaseURL, *, role:
         async with manager.lease("migrate", url=url.key) as lease:
             await lease.connection.fetchval("SELECT 1")
     except PoolUnavailable as exc:
-        # The error's own hint may suggest degradation (a migration never degrades):
-        # what failed is enough, and the URL is the one the user gave.
-        raise error(f"cannot connect to the {role} {url.redacted()}: {exc.reason}") from None
+        # The manager's hint is about its store (start it, or let it degrade; a
+        # migration never degrades): the pool's own error under it says what failed
+        # and what to do about this URL.
+        pool = exc.__cause__ if isinstance(exc.__cause__, PoolUnavailable) else exc
+        why = pool.reason or "unreachable"
+        hint = f" ({pool.hint})" if pool.hint else ""
+        raise error(f"cannot connect to the {role} {url.redacted()}: {why}{hint}") from None

@@ -302,7 +302,7 @@ async def _stats(
 ) -> dict[str, ValueStats] | None:
     """Value statistics for the columns whose type must be inferred (SQLite source
     columns neither connman's schema nor an existing target table describes)."""
-    if ends.source.dialect != "sqlite" or ends.target_dialect != "postgresql":
+    if ends.target_dialect != "postgresql":
         return None
     unknown = [
         c.name
@@ -438,7 +438,7 @@ async def _copy_table(
     target = ends.target
 
     copy_rows = options.execute
-    if options.execute and plan.loading:  # (a PostgreSQL target's table, to load)
+    if options.execute and plan.loading:  # left without its keys by a killed bulk load
         await target.create(plan.constraints)
         plan.constraints, plan.key_build = (), None
     state = WriteState()

@@ -38,7 +38,13 @@ import anyio
 from connman import stats as S
 from connman.diagnose import diagnose
 from connman.drivers import BROKEN, CLEAN, NEEDS_FULL_RESET, Driver, DriverConnection
-from connman.errors import AcquireTimeout, ConnmanError, PoolClosed, PoolUnavailable
+from connman.errors import (
+    AcquireTimeout,
+    ConnmanError,
+    PoolClosed,
+    PoolUnavailable,
+    UnavailableReason,
+)
 from connman.logging import get_logger
 from connman.urls import redact_text
 from connman.waitqueue import Waiter, WaitQueue
@@ -126,6 +132,9 @@ class Pool:
         self._last_error: str | None = None
         # The driver's advice for the last connect error's cause (TLS, server full...).
         self._last_hint: str | None = None
+        # Why the last connect failed (diagnose()): the fields of PoolUnavailable.
+        self._last_reason: UnavailableReason | None = None
+        self._last_host: str | None = None
         # Connect failures since the last success, and whether this backoff cycle has
         # logged: one warning per cycle, not one per attempt.
         self._cycle_failures = 0
@@ -598,7 +607,12 @@ class Pool:
         if self._observer is not None:
             self._observer.acquire_failed(self.name, consumer, "unavailable")
         hint = f" {self._last_hint}." if self._last_hint is not None else ""
-        return PoolUnavailable(f"{text}.{hint} The pool keeps reconnecting in the background.")
+        return PoolUnavailable(
+            f"{text}.{hint} The pool keeps reconnecting in the background.",
+            reason=self._last_reason,
+            hint=self._last_hint,
+            host=self._last_host,
+        )
 
     # ================================================================= growth
 
@@ -656,7 +670,12 @@ class Pool:
         except Exception as exc:
             self._counters[S.CONNECT_ERRORS] += 1
             self._last_error = _describe(exc)
-            self._last_hint = diagnose(exc, self.url).hint
+            found = diagnose(exc, self.url)
+            self._last_hint, self._last_reason, self._last_host = (
+                found.hint,
+                found.reason,
+                found.host,
+            )
             self._failing = True
             self._cycle_failures += 1
             if self._observer is not None:
@@ -676,7 +695,7 @@ class Pool:
         if self._failing:
             self._log.warning("reconnected", after_error=self._last_error, consumer=None)
         self._failing = False
-        self._last_hint = None
+        self._last_hint = self._last_reason = self._last_host = None
         self._cycle_failures = 0
         self._cycle_logged = False
         self._permanent_error = False

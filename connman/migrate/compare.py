@@ -16,14 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
-
 from connman.migrate.checksum import MASK, sql_row_word
 from connman.migrate.convert import RowConverter, combine
-from connman.migrate.endpoints import Endpoints, read_batches
+from connman.migrate.endpoints import Endpoints
 from connman.migrate.plan import TablePlan
-from connman.migrate.postgres_side import PostgresSide
-from connman.migrate.sqlite_side import SqliteFile, present_in_file, quote_ident, rows_in_file
+from connman.migrate.sides import Source
+from connman.migrate.sqlite_side import quote_ident
 
 __all__ = [
     "Comparison",
@@ -134,7 +132,7 @@ async def target_identities(
     if not keys:
         return {}
     target = ends.target
-    if isinstance(target, PostgresSide):
+    if target.sums_on_server:
         layout = converter.layout
         positions = list(layout.key + layout.hard)
         word = sql_row_word(_read_back(plan, alias="t."), layout)
@@ -148,10 +146,8 @@ async def target_identities(
             key: (easy, hard)
             for (key, _, hard), easy in zip(subset.identities(prepared.canon), words, strict=True)
         }
-    path = ends.target_url.database or ""
-    columns = ", ".join(_read_back(plan))
-    rows = await anyio.to_thread.run_sync(
-        rows_in_file, path, plan.name, plan.primary_key, keys, columns
+    rows = await target.rows_by_key(
+        plan.name, plan.primary_key, plan.key_types, keys, _read_back(plan)
     )
     prepared = converter.prepare(rows)
     return {key: (easy, hard) for key, easy, hard in converter.identities(prepared.canon)}
@@ -178,8 +174,7 @@ async def find_differences(
         return keys, converter.identities(prepared.canon)
 
     matched = 0
-    async for keys, ids in read_batches(
-        ends.source,
+    async for keys, ids in ends.source.batches(
         plan.source_sql(ends.source_url.dialect),
         batch_rows=batch_rows,
         batch_bytes=batch_bytes,
@@ -207,23 +202,12 @@ async def _extra_keys(
     """The first keys of target rows the source lacks."""
     names = ", ".join(quote_ident(k) for k in plan.primary_key)
     sql = f"SELECT {names} FROM {quote_ident(plan.name)}"
-    reader = (
-        ends.target
-        if isinstance(ends.target, PostgresSide)
-        else SqliteFile(ends.target_url.database or "")
-    )
-    source = ends.source
     single = len(plan.primary_key) == 1
-    async for batch in read_batches(
-        reader, sql, batch_rows=batch_rows, batch_bytes=batch_bytes, prepare=list
+    async for batch in ends.target.reader().batches(
+        sql, batch_rows=batch_rows, batch_bytes=batch_bytes, prepare=list
     ):
         keys = [r[0] if single else tuple(r) for r in batch]
-        if isinstance(source, SqliteFile):
-            there = await anyio.to_thread.run_sync(
-                present_in_file, source.path, plan.name, plan.primary_key, keys
-            )
-        else:
-            there = await source.present_keys(plan.name, plan.primary_key, plan.key_types, keys)
+        there = await ends.source.present_keys(plan.name, plan.primary_key, plan.key_types, keys)
         for key in keys:
             if key not in there:
                 found.extra.append(key)
@@ -239,7 +223,7 @@ def driver_key(row: tuple[Any, ...], key_index: Sequence[int]) -> Any:
 
 
 async def side_checksum(
-    side: SqliteFile | PostgresSide,
+    side: Source,
     sql: str,
     converter: RowConverter,
     *,
@@ -270,8 +254,7 @@ async def side_checksum(
 
     total = unconvertible = 0
     checksum = 0
-    async for rows, piece, bad in read_batches(
-        side,
+    async for rows, piece, bad in side.batches(
         sql,
         batch_rows=batch_rows,
         batch_bytes=batch_bytes,

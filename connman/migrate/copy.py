@@ -43,7 +43,7 @@ from connman.migrate.compare import (
     target_sql,
 )
 from connman.migrate.convert import RowConverter, as_text, combine
-from connman.migrate.endpoints import Endpoints, open_endpoints, read_batches
+from connman.migrate.endpoints import Endpoints, open_endpoints
 from connman.migrate.errors import (
     MigrationError,
     SchemaIncompatible,
@@ -60,9 +60,9 @@ from connman.migrate.plan import (
     order_tables,
     plan_table,
 )
-from connman.migrate.postgres_side import PostgresSide
 from connman.migrate.report import Progress, RejectsFile
-from connman.migrate.sqlite_side import SqliteFile, SqliteWriter, present_in_file, quote_ident
+from connman.migrate.sides import Target, Written
+from connman.migrate.sqlite_side import quote_ident
 
 __all__ = ["MigrateOptions", "Migration", "TableOutcome", "migrate", "verify"]
 
@@ -211,7 +211,6 @@ async def migrate(
         if options.execute:
             for plan in plans:
                 if plan.create:
-                    assert ends.target is not None
                     await ends.target.create(plan.create)
         await _run_all(ends, outcomes, options, progress or Progress(), rejects)
         if rejects.count and options.execute:
@@ -236,7 +235,7 @@ async def verify(
     try:
         plans, _ = await _plan(ends, tuple(tables) if tables else None, for_verify=True)
         comparisons = []
-        target_catalog = await ends.target_catalog()
+        target_catalog = await ends.target.catalog()
         for plan in plans:
             source_side = await _source_side(ends, plan, batch_rows, batch_bytes)
             if plan.name not in target_catalog.tables:
@@ -255,8 +254,8 @@ async def verify(
 async def _plan(
     ends: Endpoints, wanted: tuple[str, ...] | None, *, for_verify: bool = False
 ) -> tuple[list[TablePlan], dict[str, str]]:
-    source = await ends.source_catalog()
-    target = await ends.target_catalog()
+    source = await ends.source.catalog()
+    target = await ends.target.catalog()
     tables = _select(source, wanted)
     specs = catalog_specs(source)
     plans: list[TablePlan] = []
@@ -273,9 +272,9 @@ async def _plan(
             stats=stats,
         )
         fk = plan.self_fk
-        if fk is not None and table.rowid and isinstance(ends.source, SqliteFile):
-            plan.parents_by_rowid = await anyio.to_thread.run_sync(
-                ends.source.parents_precede, table.name, fk.referenced, fk.column
+        if fk is not None and table.rowid:
+            plan.parents_by_rowid = await ends.source.parents_precede(
+                table.name, fk.referenced, fk.column
             )
         try:
             check_compatible(plan, existing, name=ends.target_url.redacted())
@@ -303,7 +302,7 @@ async def _stats(
 ) -> dict[str, ValueStats] | None:
     """Value statistics for the columns whose type must be inferred (SQLite source
     columns neither connman's schema nor an existing target table describes)."""
-    if not isinstance(ends.source, SqliteFile) or ends.target_dialect != "postgresql":
+    if ends.target_dialect != "postgresql":
         return None
     unknown = [
         c.name
@@ -314,8 +313,7 @@ async def _stats(
     ]
     if not unknown:
         return None
-    source = ends.source
-    return await anyio.to_thread.run_sync(source.value_stats, table.name, unknown)
+    return await ends.source.value_stats(table.name, unknown)
 
 
 # -- running ---------------------------------------------------------------------------
@@ -365,12 +363,6 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return next((e for e in leaves if isinstance(e, MigrationError)), leaves[0])
 
 
-async def _count(side: SqliteFile | PostgresSide, table: str) -> int:
-    if isinstance(side, SqliteFile):
-        return await anyio.to_thread.run_sync(side.count, table)
-    return await side.count(table)
-
-
 async def _run_table(
     ends: Endpoints,
     outcome: TableOutcome,
@@ -387,8 +379,15 @@ async def _run_table(
         started = await _copy_table(ends, outcome, options, progress, rejects)
 
     async def finish() -> None:
-        if options.execute and ends.target is not None:
-            await _finish(ends, outcome.plan)
+        if options.execute:
+            plan = outcome.plan
+            await ends.target.finish(
+                plan.name,
+                plan.after,
+                plan.serial,
+                constraints=plan.constraints,
+                key_build=plan.key_build,
+            )
         outcome.seconds = time.perf_counter() - started
         finished.set()
 
@@ -407,7 +406,7 @@ async def _run_table(
 
     if not (options.execute and options.verify):
         await finish()
-    elif isinstance(ends.target, PostgresSide):
+    elif ends.target.verifies_while_building:
         # The verify's scan and the index builds read the table at once: PostgreSQL
         # synchronizes their scans, and the cores are shared between them.
         async with anyio.create_task_group() as group:
@@ -428,7 +427,7 @@ async def _copy_table(
     """The copy itself (or the dry run's reads); when it started."""
     plan = outcome.plan
     started = time.perf_counter()
-    outcome.source_rows = await _count(ends.source, plan.name)
+    outcome.source_rows = await ends.source.count(plan.name)
     # Text read as UTF-8 bytes and sent as such in a binary COPY, where the table
     # allows it; a dry run reads (and checks) the same way.
     raw = plan.binary_copy(ends.source_url.dialect, ends.target_dialect)
@@ -439,13 +438,12 @@ async def _copy_table(
     target = ends.target
 
     copy_rows = options.execute
-    if options.execute and plan.loading and isinstance(target, PostgresSide):
+    if options.execute and plan.loading:  # left without its keys by a killed bulk load
         await target.create(plan.constraints)
         plan.constraints, plan.key_build = (), None
     state = WriteState()
     if options.execute and plan.target_exists:
-        assert target is not None
-        outcome.target_rows = await _target_count(ends, plan.name)
+        outcome.target_rows = await target.count(plan.name)
         # Rows there already: look each batch's keys up before sending it, from the
         # first batch on (a COPY into a complete table would fail and roll back).
         state.probe = outcome.target_rows > 0
@@ -489,9 +487,8 @@ async def _copy_table(
 
     progress.start(plan.name, outcome.source_rows)
     sql = plan.source_sql(ends.source_url.dialect)
-    # Two batches in flight on two connections keep the server busy while the next
-    # COPY is being encoded; a parents-first table keeps one, in order.
-    depth = 2 if isinstance(target, PostgresSide) and not flagged else 1
+    # A parents-first table keeps one batch in flight, in order.
+    depth = 1 if flagged else target.writes_in_flight
     inflight: set[asyncio.Task[None]] = set()
 
     async def settle(limit: int) -> None:
@@ -502,8 +499,7 @@ async def _copy_table(
                 task.result()  # a failed write stops the table
 
     try:
-        async for batch in read_batches(
-            ends.source,
+        async for batch in ends.source.batches(
             sql,
             batch_rows=options.batch_rows,
             batch_bytes=options.batch_bytes,
@@ -523,7 +519,7 @@ async def _copy_table(
                     if depth == 1:
                         await settle(0)
                 elif not options.execute and plan.target_exists and keyed:
-                    outcome.present += await _present(ends, plan, batch.rows)
+                    outcome.present += await _present(target, plan, batch.rows)
             progress.advance(plan.name, batch.read)
         await settle(0)
         if flagged and outcome.read < outcome.source_rows:
@@ -606,24 +602,14 @@ async def _write(
     converter: RowConverter,
     progress: Progress,
 ) -> None:
-    target = ends.target
     key_index = plan.key_index
     rows = batch.rows
-    if isinstance(target, SqliteWriter):
-        written, refused = await target.write(
-            plan.name, plan.column_names, rows, keyed=bool(plan.primary_key)
+    if ends.target.skips_existing:
+        written, present, refused = await _write_skipping(
+            ends, plan, outcome, batch, rejects, converter
         )
-        present = len(rows) - written - len(refused)
-        if present and key_index:
-            # INSERT ... ON CONFLICT DO NOTHING kept the target's row: the same one,
-            # or a conflict (reported, as into PostgreSQL).
-            skip = {i for i, _ in refused}
-            kept = [i for i in range(len(rows)) if i not in skip]
-            _, _, conflicts = await _sort_out(ends, plan, outcome, batch, kept, rejects, converter)
-            present -= conflicts
     else:
-        assert isinstance(target, PostgresSide)
-        written, present, refused = await _write_postgres(
+        written, present, refused = await _write_probing(
             ends, plan, outcome, batch, state, rejects, converter
         )
     outcome.written += written
@@ -634,7 +620,31 @@ async def _write(
         outcome.reject(_report_key(rows[index], key_index), reason, rejects)
 
 
-async def _write_postgres(
+async def _write_skipping(
+    ends: Endpoints,
+    plan: TablePlan,
+    outcome: TableOutcome,
+    batch: _Batch,
+    rejects: RejectsFile,
+    converter: RowConverter,
+) -> Written:
+    """One batch into a target that skips rows whose key it holds (see
+    :attr:`Target.skips_existing <connman.migrate.sides.Target.skips_existing>`):
+    when it skipped some, they are looked up, a conflict reported as into
+    PostgreSQL (the target's row is kept, never overwritten)."""
+    rows = batch.rows
+    done = await ends.target.write(plan.name, plan.column_names, rows, keyed=bool(plan.primary_key))
+    assert done is not None  # such a target skips the rows, never the whole batch
+    written, present, refused = done
+    if present and plan.key_index:
+        skip = {i for i, _ in refused}
+        kept = [i for i in range(len(rows)) if i not in skip]
+        _, _, conflicts = await _sort_out(ends, plan, outcome, batch, kept, rejects, converter)
+        present -= conflicts
+    return written, present, refused
+
+
+async def _write_probing(
     ends: Endpoints,
     plan: TablePlan,
     outcome: TableOutcome,
@@ -642,13 +652,13 @@ async def _write_postgres(
     state: WriteState,
     rejects: RejectsFile,
     converter: RowConverter,
-) -> tuple[int, int, list[tuple[int, str]]]:
-    """(written, already present, refused) of one batch into PostgreSQL: its keys
-    looked up first while ``state`` says so; rows whose key is there are left out,
-    counted as present when they are the same row, rejected as a conflict when the
-    target holds another row under that key (never overwritten)."""
+) -> Written:
+    """(written, already present, refused) of one batch into a target whose write
+    fails whole on an existing key (PostgreSQL's COPY): its keys looked up first
+    while ``state`` says so; rows whose key is there are left out, counted as
+    present when they are the same row, rejected as a conflict when the target holds
+    another row under that key (never overwritten)."""
     target = ends.target
-    assert isinstance(target, PostgresSide)
     key_index = plan.key_index
     rows = batch.rows
     todo = list(range(len(rows)))
@@ -664,7 +674,9 @@ async def _write_postgres(
         whole = len(todo) == len(rows)
         part = rows if whole else [rows[i] for i in todo]
         data = batch.encoded if whole or batch.encoded is None else batch.encoded.subset(todo)
-        done = await target.write(plan.name, plan.column_names, part, encoded=data)
+        done = await target.write(
+            plan.name, plan.column_names, part, encoded=data, keyed=bool(key_index)
+        )
         if done is not None:
             written, dup, refused = done
             return written, present + dup, [(todo[i], why) for i, why in refused]
@@ -712,56 +724,21 @@ CONFLICT = (
 """The reject reason of a source row whose key the target uses for another row."""
 
 
-async def _present(ends: Endpoints, plan: TablePlan, rows: list[tuple[Any, ...]]) -> int:
+async def _present(target: Target, plan: TablePlan, rows: list[tuple[Any, ...]]) -> int:
     keys = [_key(r, plan.key_index) for r in rows]
     if len(plan.key_index) > 1:
         keys = [tuple(k) for k in keys]
-    if isinstance(ends.target, PostgresSide):
-        found = await ends.target.present_keys(plan.name, plan.primary_key, plan.key_types, keys)
-    else:
-        path = ends.target_url.database or ""
-        found = await anyio.to_thread.run_sync(
-            present_in_file, path, plan.name, plan.primary_key, keys
-        )
+    found = await target.present_keys(plan.name, plan.primary_key, plan.key_types, keys)
     return len(found)
-
-
-async def _target_count(ends: Endpoints, table: str) -> int:
-    target = ends.target
-    if isinstance(target, PostgresSide):
-        return await target.count(table)
-    assert isinstance(target, SqliteWriter)
-    return await target.existing(table, "")
 
 
 async def _unreached(ends: Endpoints, outcome: TableOutcome, rejects: RejectsFile) -> None:
     sql = outcome.plan.unreached_sql()
     if sql is None:
         return
-    source = ends.source
-    if isinstance(source, SqliteFile):
-        rows = await anyio.to_thread.run_sync(source.fetch_all, sql)
-    else:
-        rows = []
-        async for batch in source.stream(sql, batch_rows=10_000, batch_bytes=1 << 20):
-            rows.extend(batch)
-    for (key,) in rows:
+    for (key,) in await ends.source.fetch_all(sql):
         outcome.read += 1
         outcome.reject(key, "part of a causal_parent cycle: no parent-first order exists", rejects)
-
-
-async def _finish(ends: Endpoints, plan: TablePlan) -> None:
-    target = ends.target
-    if isinstance(target, PostgresSide):
-        await target.finish(
-            plan.name,
-            plan.after,
-            plan.serial,
-            constraints=plan.constraints,
-            key_build=plan.key_build,
-        )
-    elif isinstance(target, SqliteWriter) and plan.after:
-        await target.create(plan.after)
 
 
 async def _source_side(ends: Endpoints, plan: TablePlan, batch_rows: int, batch_bytes: int) -> Side:
@@ -779,7 +756,7 @@ async def _source_side(ends: Endpoints, plan: TablePlan, batch_rows: int, batch_
         raw_text=raw,
     )
     if flagged:
-        total = await _count(ends.source, plan.name)
+        total = await ends.source.count(plan.name)
         missing = total - side.rows - side.unconvertible
         if missing > 0:
             side = Side(side.rows, side.checksum, side.unconvertible + missing)
@@ -791,17 +768,16 @@ async def _compare(
 ) -> Comparison:
     converter = plan.converter(ends.target_dialect)
     layout = converter.layout
-    if isinstance(ends.target, PostgresSide):
+    target = ends.target
+    if target.sums_on_server:
         # The server sums what it can (no row leaves it); JSON and numeric columns
         # are read back with their key and summed here.
         names = [quote_ident(c.name) for c in plan.columns]
-        rows, checksum = await ends.target.aggregate(
-            sql_checksum(quote_ident(plan.name), names, layout)
-        )
+        rows, checksum = await target.aggregate(sql_checksum(quote_ident(plan.name), names, layout))
         if layout.hard:
             positions = list(layout.key + layout.hard)
             hard = await side_checksum(
-                ends.target,
+                target.reader(),
                 target_sql(plan, positions),
                 converter.subset(positions),
                 batch_rows=batch_rows,
@@ -810,9 +786,8 @@ async def _compare(
             )
             checksum = combine(checksum, hard.checksum)
         return Comparison(plan.name, source_side, Side(rows, checksum))
-    reader = SqliteFile(ends.target_url.database or "")
     target_side = await side_checksum(
-        reader,
+        target.reader(),
         target_sql(plan),
         converter,
         batch_rows=batch_rows,

@@ -17,23 +17,25 @@ transaction: a consistent snapshot, streamed in chunks, never a whole table in m
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
 
 import anyio
 import asyncpg
 
 from connman.manager import ConnectionManager
 from connman.migrate.errors import SchemaIncompatible, TargetFull, TargetUnavailable
-from connman.migrate.kinds import from_postgres
+from connman.migrate.kinds import ValueStats, from_postgres
 from connman.migrate.model import Catalog, Column, ForeignKey, Table
 from connman.migrate.pgcopy import CopyRows
+from connman.migrate.sides import Written
 from connman.migrate.sqlite_side import approx_size, quote_ident
 from connman.urls import redact_text
 
 __all__ = ["PostgresSide"]
 
 _CONSUMER = "migrate"
+T = TypeVar("T")
 # pg_advisory_xact_lock key of connman's DDL (the adapters' key: one lock for all).
 _LOCK_KEY = int.from_bytes(b"connman", "big")
 
@@ -75,9 +77,14 @@ SELECT tablename, indexname FROM pg_indexes WHERE schemaname = current_schema()
 
 
 class PostgresSide:
-    """A PostgreSQL database as a migration's source or target."""
+    """A PostgreSQL database as a migration's source or target (implements both
+    :class:`~connman.migrate.sides.Source` and :class:`~connman.migrate.sides.Target`)."""
 
     dialect = "postgresql"
+    sums_on_server = True
+    verifies_while_building = True
+    skips_existing = False
+    writes_in_flight = 2
 
     def __init__(self, manager: ConnectionManager, url: str) -> None:
         self._manager = manager
@@ -168,6 +175,40 @@ class PostgresSide:
                         return
                     yield batch
 
+    async def batches(
+        self,
+        sql: str,
+        *,
+        batch_rows: int,
+        batch_bytes: int,
+        prepare: Callable[[list[tuple[Any, ...]]], T],
+        raw_text: bool = False,
+    ) -> AsyncIterator[T]:
+        """``prepare(batch)`` for each batch of :meth:`stream` (``raw_text`` does not
+        apply: asyncpg decodes text)."""
+        async for batch in self.stream(sql, batch_rows=batch_rows, batch_bytes=batch_bytes):
+            yield prepare(batch)
+
+    async def fetch_all(self, sql: str) -> list[tuple[Any, ...]]:
+        """Every row of a small query, from one snapshot."""
+        rows: list[tuple[Any, ...]] = []
+        async for batch in self.stream(sql, batch_rows=10_000, batch_bytes=1 << 20):
+            rows.extend(batch)
+        return rows
+
+    async def value_stats(self, table: str, columns: Sequence[str]) -> dict[str, ValueStats] | None:
+        """None: PostgreSQL columns declare their types (nothing to infer)."""
+        return None
+
+    async def parents_precede(self, table: str, key: str, parent: str) -> bool:
+        """False: a PostgreSQL table has no rowid order (the parents-first query
+        sorts)."""
+        return False
+
+    def reader(self) -> PostgresSide:
+        """Itself: a target is read back through the same leases."""
+        return self
+
     async def aggregate(self, sql: str) -> tuple[int, int]:
         """(row count, checksum) from a :func:`connman.migrate.checksum.sql_checksum`
         query: computed by the server, no row leaves it."""
@@ -208,11 +249,13 @@ class PostgresSide:
         rows: list[tuple[Any, ...]],
         *,
         encoded: CopyRows | None = None,
-    ) -> tuple[int, int, list[tuple[int, str]]] | None:
+        keyed: bool = True,
+    ) -> Written | None:
         """Copy ``rows``: (written, already present, [(index, reason) refused]), or
         None when a row's key exists on the target (nothing written: the caller looks
         the keys up and copies the rest). ``encoded``: the same rows in binary COPY
-        form (:mod:`connman.migrate.pgcopy`), sent as they are."""
+        form (:mod:`connman.migrate.pgcopy`), sent as they are. ``keyed`` changes
+        nothing here: a unique violation says a key exists, whichever key it is."""
         async with self._writing() as conn:
             try:
                 # One COPY is one transaction by itself (autocommit): no

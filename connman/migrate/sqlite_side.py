@@ -10,6 +10,10 @@ lock and never creates a ``-wal`` or ``-shm`` file, so the source stays byte-ide
 exists its content is part of the database, so the file is opened ``mode=ro``
 instead, which reads it (and writes nothing to the database file).
 
+:class:`SqliteSource` is the same file as a migration's
+:class:`~connman.migrate.sides.Source`: every call hops to a worker thread there, so
+no caller does.
+
 **Writing** (:class:`SqliteWriter`) goes through a ``migrate`` lease of the
 ConnectionManager (WAL, ``foreign_keys=ON``, ``BEGIN IMMEDIATE``): one transaction per
 batch, ``INSERT ... ON CONFLICT DO NOTHING``, and ``total_changes`` says how many rows
@@ -18,10 +22,12 @@ were new, so rows already present are counted, not guessed.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sqlite3
-from collections.abc import Generator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import anyio
@@ -30,9 +36,12 @@ from connman.manager import ConnectionManager
 from connman.migrate.errors import SchemaIncompatible, SourceError, TargetFull, TargetUnavailable
 from connman.migrate.kinds import ValueStats, from_sqlite, stats_sql
 from connman.migrate.model import Catalog, Column, ForeignKey, Table
+from connman.migrate.pgcopy import CopyRows
+from connman.migrate.sides import Written
 
 __all__ = [
     "SqliteFile",
+    "SqliteSource",
     "SqliteWriter",
     "approx_size",
     "present_in_file",
@@ -42,6 +51,7 @@ __all__ = [
 
 _HEADER = b"SQLite format 3\x00"
 _CONSUMER = "migrate"
+T = TypeVar("T")
 
 
 def quote_ident(name: str) -> str:
@@ -236,6 +246,114 @@ class SqliteFile:
             conn.close()
 
 
+class SqliteSource:
+    """A :class:`SqliteFile` as a migration's :class:`~connman.migrate.sides.Source`:
+    the same reads, each in a worker thread (one hop per call, one per batch)."""
+
+    dialect = "sqlite"
+
+    def __init__(self, file: SqliteFile) -> None:
+        self.file = file
+
+    @classmethod
+    async def open(cls, path: str) -> SqliteSource:
+        """The file at ``path``, checked (in a worker thread: it reads the header)."""
+        return cls(await anyio.to_thread.run_sync(SqliteFile, path))
+
+    @property
+    def path(self) -> str:
+        """The file's path."""
+        return self.file.path
+
+    async def catalog(self) -> Catalog:
+        """See :meth:`SqliteFile.catalog`."""
+        return await anyio.to_thread.run_sync(self.file.catalog)
+
+    async def count(self, table: str) -> int:
+        """See :meth:`SqliteFile.count`."""
+        return await anyio.to_thread.run_sync(self.file.count, table)
+
+    async def fetch_all(self, sql: str) -> list[tuple[Any, ...]]:
+        """See :meth:`SqliteFile.fetch_all`."""
+        return await anyio.to_thread.run_sync(self.file.fetch_all, sql)
+
+    async def value_stats(self, table: str, columns: Sequence[str]) -> dict[str, ValueStats]:
+        """See :meth:`SqliteFile.value_stats`."""
+        return await anyio.to_thread.run_sync(self.file.value_stats, table, columns)
+
+    async def parents_precede(self, table: str, key: str, parent: str) -> bool:
+        """See :meth:`SqliteFile.parents_precede`."""
+        return await anyio.to_thread.run_sync(self.file.parents_precede, table, key, parent)
+
+    async def present_keys(
+        self, table: str, key_columns: Sequence[str], key_types: Sequence[str], keys: list[Any]
+    ) -> set[Any]:
+        """See :func:`present_in_file` (``key_types`` do not apply to SQLite)."""
+        return await anyio.to_thread.run_sync(
+            present_in_file, self.file.path, table, key_columns, keys
+        )
+
+    async def batches(
+        self,
+        sql: str,
+        *,
+        batch_rows: int,
+        batch_bytes: int,
+        prepare: Callable[[list[tuple[Any, ...]]], T],
+        raw_text: bool = False,
+    ) -> AsyncIterator[T]:
+        """``prepare(batch)`` for each batch of :meth:`SqliteFile.stream`. The read
+        and ``prepare`` run in a worker thread, and the next batch is read while the
+        caller works on the current one (one batch ahead: memory stays bounded)."""
+        rows = self.file.stream(
+            sql, batch_rows=batch_rows, batch_bytes=batch_bytes, raw_text=raw_text
+        )
+
+        def step() -> T | None:
+            batch = next(rows, None)
+            return None if batch is None else prepare(batch)
+
+        ahead = _Ahead(step)
+        try:
+            while True:
+                item = await ahead.take()
+                if item is None:
+                    return
+                yield item
+        finally:
+            await ahead.settle()
+            rows.close()
+
+
+class _Ahead:
+    """Runs ``step`` in a worker thread one call ahead of the consumer."""
+
+    def __init__(self, step: Callable[[], Any]) -> None:
+        self._step = step
+        self._next: asyncio.Future[Any] | None = None
+
+    def _start(self) -> None:
+        self._next = asyncio.ensure_future(anyio.to_thread.run_sync(self._step))
+
+    async def settle(self) -> None:
+        """Wait for a read still running in its thread (the generator must not be
+        closed under it)."""
+        pending, self._next = self._next, None
+        if pending is not None:
+            with contextlib.suppress(BaseException):
+                await pending
+
+    async def take(self) -> Any:
+        if self._next is None:
+            self._start()
+        assert self._next is not None
+        item = await self._next
+        self._next = None
+        if item is not None:
+            self._start()
+        return item
+
+
 def _lenient_text(raw: bytes) -> Any:
     try:
         return raw.decode("utf-8")
@@ -312,11 +430,17 @@ def _table(conn: sqlite3.Connection, name: str, sql: str) -> Table:
 
 
 class SqliteWriter:
-    """Writes into a SQLite target through ``migrate`` leases."""
+    """A SQLite file as a migration's :class:`~connman.migrate.sides.Target`: written
+    through ``migrate`` leases, read (lookups, verify) straight from the file. Without
+    a ``manager`` (a dry run) nothing is opened for writing and only the reads work."""
 
     dialect = "sqlite"
+    sums_on_server = False
+    verifies_while_building = False
+    skips_existing = True
+    writes_in_flight = 1
 
-    def __init__(self, manager: ConnectionManager, url: str, path: str) -> None:
+    def __init__(self, manager: ConnectionManager | None, url: str, path: str) -> None:
         self._manager = manager
         self._url = url
         self.path = path
@@ -329,9 +453,57 @@ class SqliteWriter:
             return Catalog()
         return await anyio.to_thread.run_sync(SqliteFile(self.path).catalog)
 
+    def reader(self) -> SqliteSource:
+        """The file, read-only (it must exist)."""
+        return SqliteSource(SqliteFile(self.path))
+
+    async def present_keys(
+        self, table: str, key_columns: Sequence[str], key_types: Sequence[str], keys: list[Any]
+    ) -> set[Any]:
+        """See :func:`present_in_file` (a missing file or table holds none)."""
+        return await anyio.to_thread.run_sync(present_in_file, self.path, table, key_columns, keys)
+
+    async def rows_by_key(
+        self,
+        table: str,
+        key_columns: Sequence[str],
+        key_types: Sequence[str],
+        keys: list[Any],
+        select: Sequence[str],
+    ) -> list[tuple[Any, ...]]:
+        """See :func:`rows_in_file` (a missing file or table holds none)."""
+        columns = ", ".join(select)
+        return await anyio.to_thread.run_sync(
+            rows_in_file, self.path, table, key_columns, keys, columns
+        )
+
+    async def aggregate(self, sql: str) -> tuple[int, int]:
+        """Not here: SQLite has no checksum in SQL (``sums_on_server`` is False, the
+        verify reads the rows back)."""
+        raise NotImplementedError("SQLite computes no checksum; read the rows back")
+
+    async def finish(
+        self,
+        table: str,
+        statements: Sequence[str],
+        serial: str | None,
+        *,
+        constraints: Sequence[str] = (),
+        key_build: str | None = None,
+    ) -> None:
+        """The indexes (``statements``). SQLite tables are created with their keys
+        (no ``constraints`` or ``key_build``), and a rowid needs no sequence."""
+        if statements:
+            await self.create(statements)
+
+    def _lease(self) -> Any:
+        if self._manager is None:
+            raise TargetUnavailable(f"{self.path}: a dry run writes nothing")
+        return self._manager.lease(_CONSUMER, url=self._url)
+
     async def create(self, statements: Sequence[str]) -> None:
         """Run DDL in one transaction."""
-        async with self._manager.lease(_CONSUMER, url=self._url) as lease:
+        async with self._lease() as lease:
             conn = lease.connection
             try:
                 await conn.execute("BEGIN IMMEDIATE")
@@ -342,15 +514,28 @@ class SqliteWriter:
                 raise _classify(exc, self.path) from None
 
     async def write(
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: list[tuple[Any, ...]],
+        *,
+        encoded: CopyRows | None = None,
+        keyed: bool = True,
+    ) -> Written:
+        """Insert ``rows``: (rows new, rows whose key exists, [(index, reason) of rows
+        the database refused]). With ``keyed``, rows whose key exists already are
+        skipped by the database. ``encoded`` (binary COPY) does not apply."""
+        written, refused = await self._insert(table, columns, rows, keyed=keyed)
+        return written, len(rows) - written - len(refused), refused
+
+    async def _insert(
         self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]], *, keyed: bool
     ) -> tuple[int, list[tuple[int, str]]]:
-        """Insert ``rows``; (rows new, [(index, reason) of rows the database refused]).
-        With ``keyed``, rows whose key exists already are skipped by the database."""
         names = ", ".join(quote_ident(c) for c in columns)
         marks = ", ".join("?" * len(columns))
         conflict = " ON CONFLICT DO NOTHING" if keyed else ""
         sql = f"INSERT INTO {quote_ident(table)} ({names}) VALUES ({marks}){conflict}"
-        async with self._manager.lease(_CONSUMER, url=self._url) as lease:
+        async with self._lease() as lease:
             conn = lease.connection
             try:
                 before = conn.total_changes
@@ -378,9 +563,9 @@ class SqliteWriter:
             except sqlite3.Error as exc:
                 raise _classify(exc, self.path) from None
 
-    async def existing(self, table: str, key: str) -> int:
-        """Rows in ``table`` (0 if missing)."""
-        async with self._manager.lease(_CONSUMER, url=self._url) as lease:
+    async def count(self, table: str) -> int:
+        """Rows in ``table``."""
+        async with self._lease() as lease:
             cursor = await lease.connection.execute(f"SELECT count(*) FROM {quote_ident(table)}")
             row = await cursor.fetchone()
             await cursor.close()
@@ -456,7 +641,7 @@ def rows_in_file(
             else:
                 marks = ", ".join("(" + ", ".join("?" * len(key_columns)) + ")" for _ in part)
                 where, args = f"({names}) IN (VALUES {marks})", [v for key in part for v in key]
-            sql = f"SELECT {select} FROM {quote_ident(table)} WHERE {where}"
+            sql = f"SELECT {select} FROM {quote_ident(table)} AS t WHERE {where}"
             found.extend(tuple(r) for r in conn.execute(sql, args).fetchall())
         return found
     except sqlite3.OperationalError:

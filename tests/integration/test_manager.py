@@ -148,3 +148,18 @@ async def test_pools_differing_only_in_password_keep_apart_names(postgres_url: s
         names = [s.name for s in manager.stats()]
     assert len(names) == len(set(names)) == 3
     assert not any("secret" in name for name in names)
+
+
+async def test_an_unreachable_store_s_error_carries_its_parts_as_fields() -> None:
+    # Code that words its own message (connman migrate) reads these; it never
+    # parses the text.
+    url = f"postgresql://k:pw-in-url-456@127.0.0.1:{closed_port()}/k"
+    manager = ConnectionManager(url, degrade=False, config=PoolConfig(connect_timeout=2))
+    with pytest.raises(PoolUnavailable) as caught:
+        await manager.start()
+    exc = caught.value
+    assert exc.reason is connman.UnavailableReason.UNREACHABLE and exc.unreachable
+    assert exc.host == f"127.0.0.1:{connman.parse_url(url).port}"
+    assert exc.hint is not None and exc.hint in str(exc)
+    parts = (exc.reason.value, exc.hint, exc.host, str(exc))
+    assert not any("pw-in-url-456" in (part or "") for part in parts)

@@ -196,6 +196,19 @@ METRICS: Final[tuple[MetricDoc, ...]] = (
         "Most leases a consumer may hold at once (only consumers with a limit).",
     ),
     MetricDoc(
+        "connman_replica_in_rotation",
+        "gauge",
+        _P,
+        "Per read replica: 1 while it serves read-only leases; 0 while it is out "
+        "(lagging beyond max_lag, promoted, or not answering).",
+    ),
+    MetricDoc(
+        "connman_replica_lag_seconds",
+        "gauge",
+        _P,
+        "Per read replica: how far its replay was behind the primary at the last check.",
+    ),
+    MetricDoc(
         "connman_storage_info",
         "info",
         ("pool", "tier", "dialect", "source", "degraded", "requested_tier"),
@@ -241,6 +254,13 @@ METRICS: Final[tuple[MetricDoc, ...]] = (
         "counter",
         _PC,
         "Leases held longer than leak_threshold.",
+    ),
+    MetricDoc(
+        "connman_pool_reads_total",
+        "counter",
+        ("pool", "role"),
+        "Read-only leases (lease(readonly=True)) served per pool; role is primary or "
+        "replica. Reads on the primary while replicas are configured are fallbacks.",
     ),
     MetricDoc(
         "connman_pool_connections_opened_total",
@@ -622,6 +642,7 @@ class Metrics:
             name: {} for name, _ in _STATS_COUNTERS
         }
         info: dict[tuple[str, ...], None] = {}
+        reads: dict[tuple[str, ...], float] = {}
         known = self.observer.consumers()
 
         def add(table: dict[tuple[str, ...], float], key: tuple[str, ...], value: float) -> None:
@@ -657,6 +678,12 @@ class Metrics:
                     add(gauges["connman_consumer_limit"], (pool, consumer), limit)
                 for name, counter in _STATS_COUNTERS:
                     add(counters[name], (pool,), st.counters.get(counter, 0))
+                if st.reads or st.role == "replica":
+                    add(reads, (pool, st.role), st.reads)
+                if st.replica is not None:
+                    gauges["connman_replica_in_rotation"][(pool,)] = float(st.replica.in_rotation)
+                    if st.replica.lag is not None:
+                        gauges["connman_replica_lag_seconds"][(pool,)] = st.replica.lag
             default = manager.default_pool
             if default is not None and snapshot:
                 storage = manager.storage
@@ -683,6 +710,10 @@ class Metrics:
             for labels, value in sorted(counters[name].items()):
                 cfamily.add_metric(list(labels), value)
             yield cfamily
+        rfamily = _counter_family("connman_pool_reads_total", ("pool", "role"))
+        for labels, value in sorted(reads.items()):
+            rfamily.add_metric(list(labels), value)
+        yield rfamily
         ifamily = InfoMetricFamily(
             _family_name("connman_storage_info"),
             _DOCS["connman_storage_info"].help,

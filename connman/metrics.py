@@ -678,8 +678,7 @@ class Metrics:
                     add(gauges["connman_consumer_limit"], (pool, consumer), limit)
                 for name, counter in _STATS_COUNTERS:
                     add(counters[name], (pool,), st.counters.get(counter, 0))
-                if st.reads or st.role == "replica":
-                    add(reads, (pool, st.role), st.reads)
+                add(reads, (pool, st.role), st.reads)
                 if st.replica is not None:
                     gauges["connman_replica_in_rotation"][(pool,)] = float(st.replica.in_rotation)
                     if st.replica.lag is not None:

@@ -10,11 +10,15 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import asyncpg
 import pytest
 from faultkit import admin_connect, wait_until
 from prometheus_client import CollectorRegistry, generate_latest
 
 from connman import ConnectionManager, PoolStats, ReplicaPolicy
+from connman.adapters.brain import BrainStore
+from connman.adapters.dgent import Datum, DgentStore
+from connman.adapters.sqlalchemy import create_async_engine
 from connman.metrics import Metrics
 from connman.testing.cluster import LocalCluster
 from connman.testing.plugin import throwaway_cluster
@@ -178,6 +182,51 @@ async def test_a_promoted_replica_leaves_the_rotation(replicated, manager_of):
     status = replica_stats(manager).replica
     assert status is not None and status.reason and "promoted" in status.reason
     assert await where(manager, readonly=True) == (primary.port, False)
+
+
+async def test_adapters_read_from_the_replica(replicated, manager_of):
+    primary, standby = replicated
+    manager = await manager_of(primary, standby)
+
+    # D-gent: writes to the primary, reads (reads="replica") from the standby.
+    writer = DgentStore(manager)
+    await writer.ensure_schema()
+    datum = Datum.create(b"hello")
+    await writer.put(datum)
+    reader = DgentStore(manager, reads="replica")
+
+    async def replicated_datum() -> Datum | None:
+        try:
+            return await reader.get(datum.id)
+        except asyncpg.UndefinedTableError:  # the table has not reached the replica yet
+            return None
+
+    assert await wait_until(replicated_datum, what="the datum on the replica") == datum
+    before = replica_stats(manager).reads
+    assert await reader.exists(datum.id)
+    assert await reader.count() == 1
+    assert replica_stats(manager).reads == before + 2
+
+    # Brain: fetches on the standby, executes on the primary.
+    brain = BrainStore(manager, reads="replica")
+    assert await brain.fetch_one("SELECT pg_is_in_recovery() AS standby") == {"standby": True}
+    await brain.execute("CREATE TABLE b (v int)")
+
+    # SQLAlchemy: a read-only engine.
+    from sqlalchemy import text
+
+    engine = create_async_engine(manager, readonly=True)
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT pg_is_in_recovery()"))).scalar() is True
+    finally:
+        await engine.dispose()
+    writer_engine = create_async_engine(manager)
+    try:
+        async with writer_engine.connect() as conn:
+            assert (await conn.execute(text("SELECT pg_is_in_recovery()"))).scalar() is False
+    finally:
+        await writer_engine.dispose()
 
 
 async def test_without_replicas_read_leases_use_the_primary(postgres_database):

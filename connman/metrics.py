@@ -729,12 +729,15 @@ class Metrics:
         """Can every open instrumented manager serve leases from its default store,
         and every pool it opened? A manager not started yet, or whose start failed,
         cannot (503 with the reason); a degraded one can, but says so (200,
-        ``degraded``, and why)."""
+        ``degraded``, and why). A read replica that cannot serve is not a failure
+        (its reads go to the other replicas or the primary): 200, and the reason
+        names it."""
         managers = self.managers()
         if not managers:
             return Health(False, "no open ConnectionManager is instrumented")
         problems: list[str] = []
         notes: list[str] = []
+        replica_notes: list[str] = []
         pools: list[Mapping[str, Any]] = []
         for manager in managers:
             default_problem = _default_store_problem(manager)
@@ -752,11 +755,14 @@ class Metrics:
                 continue
             for st in snapshot:
                 problem = pool_problem(st)
-                if problem is not None:
+                if problem is not None and st.role == "replica":
+                    replica_notes.append(f"replica {st.name} serves no reads: {problem}")
+                elif problem is not None:
                     problems.append(f"pool {st.name}: {problem}")
                 pools.append(
                     {
                         "pool": st.name,
+                        "role": st.role,
                         "ok": problem is None,
                         "problem": problem,
                         "dialect": st.dialect,
@@ -772,8 +778,9 @@ class Metrics:
         degraded = bool(notes)
         if problems:
             return Health(False, redact_text("; ".join(problems)), tuple(pools), degraded)
-        if degraded:
-            return Health(True, redact_text("; ".join(notes)), tuple(pools), degraded)
+        if degraded or replica_notes:
+            text = redact_text("; ".join(notes + replica_notes))
+            return Health(True, text, tuple(pools), degraded)
         return Health(True, "ok", tuple(pools))
 
 

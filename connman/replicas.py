@@ -203,10 +203,6 @@ class Rotation:
         if isinstance(lsn, int):
             self._clock.record(_now(), lsn)
         await asyncio.gather(*(self._check(replica) for replica in self._replicas))
-        usable = tuple(r.pool for r in self._replicas if r.usable)
-        if usable and not self._usable:
-            self._on_primary_logged = False
-        self._usable = usable
 
     async def _check(self, replica: _Replica) -> None:
         row = await self._query(replica.pool, _REPLICA_SQL, row=True)
@@ -229,6 +225,12 @@ class Rotation:
                 lag_seconds=None if lag is None else round(lag, 3),
             )
         replica.usable, replica.reason, replica.lag = usable, reason, lag
+        # In the same step as the replica's own status: what stats() reports and what
+        # pick() does never disagree, not even for one loop iteration.
+        rotation = tuple(r.pool for r in self._replicas if r.usable)
+        if rotation and not self._usable:
+            self._on_primary_logged = False  # the next outage is logged again
+        self._usable = rotation
 
     async def _query(self, pool: Pool, sql: str, *, row: bool = False) -> Any:
         """``sql``'s first value (``row``: first row) on ``pool``, or the exception."""

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
 import asyncpg
 import pytest
 from faultkit import admin_connect, wait_until
@@ -240,3 +241,25 @@ async def test_without_replicas_read_leases_use_the_primary(postgres_database):
         assert manager.replicas == []
     finally:
         await manager.aclose()
+
+
+async def test_a_stopped_replica_leaves_the_rotation_without_failing_healthz(
+    replicated, manager_of
+):
+    primary, standby = replicated
+    manager = await manager_of(primary, standby)
+    metrics = Metrics(CollectorRegistry())
+    metrics.instrument(manager)
+    assert await where(manager, readonly=True) == (standby.port, True)
+
+    await anyio.to_thread.run_sync(standby.stop)
+    await wait_until(lambda: not in_rotation(manager), what="the stopped replica left")
+    status = replica_stats(manager).replica
+    assert status is not None and status.reason and "unreachable" in status.reason
+    assert await where(manager, readonly=True) == (primary.port, False)
+    health = await anyio.to_thread.run_sync(metrics.health)
+    assert health.ok, health.reason
+
+    await anyio.to_thread.run_sync(standby.start)
+    await wait_until(lambda: in_rotation(manager), what="the restarted replica returned")
+    assert await where(manager, readonly=True) == (standby.port, True)

@@ -19,6 +19,7 @@ from typing import Any
 from connman.config import CredentialProvider, PoolConfig
 from connman.drivers import driver_for
 from connman.errors import (
+    AcquireTimeout,
     ConfigError,
     ConnectionLost,
     ConnmanError,
@@ -164,7 +165,13 @@ class Lease:
             # taken without any await.
             pooled = pool.try_acquire(self.consumer)
             if pooled is None:
-                pooled = await pool.acquire_queued(self.consumer, self._timeout)
+                if self._readonly and self._url is None:
+                    pool, pooled = await self._manager._acquire_read(
+                        pool, self.consumer, self._timeout
+                    )
+                    self._pool = pool
+                else:
+                    pooled = await pool.acquire_queued(self.consumer, self._timeout)
             self._take(pool, pooled)
         else:
             await self.acquire()
@@ -261,7 +268,11 @@ class Lease:
                 pool = self._pool = await manager._pool_for(self._url, self._readonly)
         pooled = pool.try_acquire(self.consumer)
         if pooled is None:
-            pooled = await pool.acquire_queued(self.consumer, self._timeout)
+            if self._readonly and self._url is None:
+                pool, pooled = await manager._acquire_read(pool, self.consumer, self._timeout)
+                self._pool = pool
+            else:
+                pooled = await pool.acquire_queued(self.consumer, self._timeout)
         self._take(pool, pooled)
         return self
 
@@ -616,6 +627,30 @@ class ConnectionManager:
             consumer, url=url, timeout=timeout, full_reset=full_reset, readonly=readonly
         )
         return await lease.acquire()
+
+    async def _acquire_read(
+        self, pool: Pool, consumer: str, timeout: float | None
+    ) -> tuple[Pool, PooledConnection]:
+        """A read lease's wait: on a replica at most ``check_timeout``, then on the
+        primary. A replica that died since the last check would otherwise hold its
+        reads for their whole deadline before the next check takes it out."""
+        rotation, default = self._rotation, self._default
+        if rotation is None or default is None or pool is default:
+            return pool, await pool.acquire_queued(consumer, timeout)
+        total = self.config.acquire_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            return pool, await pool.acquire_queued(
+                consumer, min(total, rotation.policy.check_timeout)
+            )
+        except (AcquireTimeout, PoolUnavailable):
+            remaining = total - (loop.time() - started)
+            if remaining <= 0:
+                raise
+        self._reads[pool.name] -= 1
+        self._reads[default.name] = self._reads.get(default.name, 0) + 1
+        return default, await default.acquire(consumer, remaining)
 
     def _read_pool(self) -> Pool | None:
         """The pool of a read lease (None before start), counted per pool."""

@@ -263,3 +263,19 @@ async def test_a_stopped_replica_leaves_the_rotation_without_failing_healthz(
     await anyio.to_thread.run_sync(standby.start)
     await wait_until(lambda: in_rotation(manager), what="the restarted replica returned")
     assert await where(manager, readonly=True) == (standby.port, True)
+
+
+async def test_a_read_on_a_replica_that_died_since_the_last_check_goes_to_the_primary(
+    replicated, manager_of
+):
+    """No check runs during the test (check_interval=60): the read lease itself gives
+    up on the dead replica after check_timeout and is served by the primary, instead
+    of waiting its whole deadline."""
+    primary, standby = replicated
+    manager = await manager_of(primary, standby, check_interval=60, check_timeout=1.0)
+    assert await where(manager, readonly=True) == (standby.port, True)
+    await anyio.to_thread.run_sync(standby.stop)
+    with anyio.fail_after(10):  # acquire_timeout is 30 s
+        assert await where(manager, readonly=True) == (primary.port, False)
+    stats = {st.role: st for st in manager.stats()}
+    assert (stats["replica"].reads, stats["primary"].reads) == (1, 1)

@@ -763,6 +763,8 @@ class Metrics:
                     {
                         "pool": st.name,
                         "role": st.role,
+                        "reads": st.reads,
+                        "replica_reason": None if st.replica is None else st.replica.reason,
                         "ok": problem is None,
                         "problem": problem,
                         "dialect": st.dialect,

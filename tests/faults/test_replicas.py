@@ -21,6 +21,7 @@ from connman.adapters.brain import BrainStore
 from connman.adapters.dgent import Datum, DgentStore
 from connman.adapters.sqlalchemy import create_async_engine
 from connman.metrics import Metrics
+from connman.status import pool_report
 from connman.testing.cluster import LocalCluster
 from connman.testing.plugin import throwaway_cluster
 
@@ -113,6 +114,12 @@ async def test_reads_go_to_the_replica_and_writes_to_the_primary(replicated, man
         f'connman_pool_reads_total{{pool="{stats["replica"].name}",role="replica"}} 5.0' in scrape
     )
     assert f'connman_replica_in_rotation{{pool="{stats["replica"].name}"}} 1.0' in scrape
+    # connman status shows the roles and the reads per pool.
+    report = pool_report(manager.stats())
+    assert [(p["role"], p["reads"], p["in_rotation"]) for p in report] == [
+        ("primary", 0, None),
+        ("replica", 5, True),
+    ]
 
 
 def _scrape(manager: ConnectionManager) -> str:

@@ -86,8 +86,14 @@ class ReplicaPolicy:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ReplicaPolicy:
-        """Defaults, then ``KGENTS_REPLICA_*`` variables, then ``overrides``."""
+        """Defaults, then ``KGENTS_REPLICA_*`` variables, then ``overrides``. An
+        unknown ``KGENTS_REPLICA_*`` variable is an error (a typo must not pass)."""
         env = os.environ if env is None else env
+        known = {"KGENTS_REPLICA_" + f.name.upper() for f in dataclasses.fields(cls)}
+        for key in env:
+            if key.startswith("KGENTS_REPLICA_") and key not in known:
+                names = ", ".join(sorted(known))
+                raise ConfigError(f"{key} is not a replica setting. Known: {names}")
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
             key = "KGENTS_REPLICA_" + field.name.upper()

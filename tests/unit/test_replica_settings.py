@@ -65,6 +65,8 @@ def test_replica_policy_from_env() -> None:
     assert ReplicaPolicy.from_env({}).max_lag == 10.0
     with pytest.raises(ConfigError, match="KGENTS_REPLICA_MAX_LAG"):
         ReplicaPolicy.from_env({"KGENTS_REPLICA_MAX_LAG": "ten"})
+    with pytest.raises(ConfigError, match="KGENTS_REPLICA_MAXLAG is not"):
+        ReplicaPolicy.from_env({"KGENTS_REPLICA_MAXLAG": "3"})
     with pytest.raises(ConfigError, match="max_lag=0"):
         ReplicaPolicy(max_lag=0)
 

@@ -22,8 +22,9 @@ from connman.errors import (
     UnavailableReason,
 )
 from connman.manager import ConnectionManager, Lease, get_manager
+from connman.replicas import ReplicaPolicy
 from connman.resolve import Storage, Tier, resolve_storage
-from connman.stats import PoolObserver, PoolStats
+from connman.stats import PoolObserver, PoolStats, ReplicaStatus
 from connman.urls import DatabaseURL, parse_url, redact_text
 
 __all__ = [
@@ -46,6 +47,8 @@ __all__ = [
     "PoolStats",
     "PoolUnavailable",
     "QueryParameterError",
+    "ReplicaPolicy",
+    "ReplicaStatus",
     "Storage",
     "Tier",
     "UnavailableReason",

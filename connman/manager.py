@@ -12,13 +12,14 @@ import asyncio
 import dataclasses
 import threading
 import weakref
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from types import TracebackType
 from typing import Any
 
 from connman.config import CredentialProvider, PoolConfig
 from connman.drivers import driver_for
 from connman.errors import (
+    AcquireTimeout,
     ConfigError,
     ConnectionLost,
     ConnmanError,
@@ -28,6 +29,7 @@ from connman.errors import (
 )
 from connman.logging import bind_lease_context, get_logger, unbind_lease_context
 from connman.pool import Pool, PooledConnection
+from connman.replicas import ReplicaPolicy, Rotation
 from connman.resolve import Storage, resolve_storage, tier_of
 from connman.stats import PoolObserver, PoolStats
 from connman.urls import DatabaseURL, parse_url
@@ -71,6 +73,7 @@ class Lease:
         "_manager",
         "_pool",
         "_pooled",
+        "_readonly",
         "_state",
         "_timeout",
         "_url",
@@ -85,9 +88,11 @@ class Lease:
         consumer: str,
         timeout: float | None,
         full_reset: bool,
+        readonly: bool = False,
     ) -> None:
         # Few attributes, set once: a Lease is made per lease, on the hot path.
         self._manager = manager
+        self._readonly = readonly
         self._pool = pool
         self._url = url
         self.consumer = consumer
@@ -135,6 +140,12 @@ class Lease:
         return self._pool.url.redacted()
 
     @property
+    def readonly(self) -> bool:
+        """True for a read lease (``lease(readonly=True)``): on a replica when one is
+        usable, else on the primary (where the session is not made read-only)."""
+        return self._readonly
+
+    @property
     def active(self) -> bool:
         """True between acquire and release."""
         return self._state == 1
@@ -154,7 +165,13 @@ class Lease:
             # taken without any await.
             pooled = pool.try_acquire(self.consumer)
             if pooled is None:
-                pooled = await pool.acquire_queued(self.consumer, self._timeout)
+                if self._readonly and self._url is None:
+                    pool, pooled = await self._manager._acquire_read(
+                        pool, self.consumer, self._timeout
+                    )
+                    self._pool = pool
+                else:
+                    pooled = await pool.acquire_queued(self.consumer, self._timeout)
             self._take(pool, pooled)
         else:
             await self.acquire()
@@ -248,10 +265,14 @@ class Lease:
             if manager._loop is not asyncio.get_running_loop():
                 await manager._bind_loop()
             if pool is None:
-                pool = self._pool = await manager._pool_for(self._url)
+                pool = self._pool = await manager._pool_for(self._url, self._readonly)
         pooled = pool.try_acquire(self.consumer)
         if pooled is None:
-            pooled = await pool.acquire_queued(self.consumer, self._timeout)
+            if self._readonly and self._url is None:
+                pool, pooled = await manager._acquire_read(pool, self.consumer, self._timeout)
+                self._pool = pool
+            else:
+                pooled = await pool.acquire_queued(self.consumer, self._timeout)
         self._take(pool, pooled)
         return self
 
@@ -337,6 +358,11 @@ class ConnectionManager:
             ``KGENTS_STORAGE_STRICT`` is set; off for an explicit ``url`` string (code
             that names a database wants that database, not a file in ``~``).
         observer: receives per-lease timings (see :mod:`connman.metrics`).
+        replicas: URLs of read replicas (streaming standbys) of the default database,
+            for ``lease(readonly=True)``. ``None``: ``KGENTS_DATABASE_REPLICA_URLS``
+            for resolved storage, none for an explicit ``url`` string.
+        replica_policy: when a replica serves reads; ``None`` reads
+            :meth:`ReplicaPolicy.from_env`.
     """
 
     def __init__(
@@ -347,6 +373,8 @@ class ConnectionManager:
         degrade: bool | None = None,
         observer: PoolObserver | None = None,
         credential_provider: CredentialProvider | None = None,
+        replicas: Sequence[str] | None = None,
+        replica_policy: ReplicaPolicy | None = None,
     ) -> None:
         if url is None or isinstance(url, Storage):
             storage = resolve_storage() if url is None else url
@@ -377,6 +405,15 @@ class ConnectionManager:
         self._start_error: PoolUnavailable | None = None
         self._degraded_reason: str | None = None
         self._log = get_logger("connman.manager")
+        self._replica_urls = _replica_urls(storage, replicas)
+        self._replica_policy = (
+            replica_policy
+            if replica_policy is not None or not self._replica_urls
+            else ReplicaPolicy.from_env()
+        )
+        self._rotation: Rotation | None = None
+        self._rotation_task: asyncio.Task[None] | None = None
+        self._reads: dict[str, int] = {}  # pool name -> read leases routed there
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -403,6 +440,7 @@ class ConnectionManager:
         async with self._start_lock:
             if self._default is None:
                 await self._open_default()
+                await self._open_replicas()
 
     async def _open_default(self) -> None:
         try:
@@ -466,6 +504,36 @@ class ConnectionManager:
             f"no storage reachable: {text}", reason=first.reason, hint=hint, host=first.host
         )
 
+    async def _open_replicas(self) -> None:
+        """Open the replica pools and run the first check before any lease reads, so
+        reads go to replicas from the start; then check every ``check_interval``."""
+        default = self._default
+        if not self._replica_urls or default is None:
+            return
+        if default.degraded_from is not None:
+            # The replicas follow the database that could not be reached, not the
+            # fallback the writes now go to: reading them would read other data.
+            self._log.warning("replicas_unused", reason="storage degraded", primary=default.name)
+            return
+        pools: list[Pool] = []
+        for url in self._replica_urls:
+            pool = self._pools.get(url.key)
+            if pool is None:
+                pool = self._new_pool(url)
+                pool.tier = tier_of(url).value
+                self._pools[url.key] = pool
+                # Not wait=True: a replica that is down must not stop the manager; the
+                # check keeps it out of rotation until it answers.
+                await pool.open(wait=False)
+            pools.append(pool)
+        policy = self._replica_policy
+        assert policy is not None
+        rotation = Rotation(default, pools, policy)
+        await rotation.check()
+        self._rotation = rotation
+        assert self._loop is not None
+        self._rotation_task = self._loop.create_task(rotation.run())
+
     def _refused(
         self, candidate: Storage, exc: PoolUnavailable, earlier: list[str]
     ) -> PoolUnavailable:
@@ -488,6 +556,10 @@ class ConnectionManager:
         """Close every pool: waiters get PoolClosed, leases still out get ``timeout``
         seconds to come back before their connections are terminated."""
         self._closing = True
+        task, self._rotation_task = self._rotation_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         pools = {id(p): p for p in self._pools.values()}
         if self._default is not None:
             pools[id(self._default)] = self._default
@@ -514,6 +586,7 @@ class ConnectionManager:
         url: str | None = None,
         timeout: float | None = None,
         full_reset: bool = False,
+        readonly: bool = False,
     ) -> Lease:
         """A lease for ``consumer`` (``"sqlalchemy"``, ``"dgent"``, ``"brain"``...),
         to use as ``async with manager.lease("dgent") as lease:``.
@@ -521,13 +594,23 @@ class ConnectionManager:
         ``url``: another database than the default; any spelling of it reaches its one
         pool (created on first use). ``timeout``: seconds to wait (default
         ``config.acquire_timeout``). ``full_reset``: see :meth:`Lease.request_full_reset`.
+        ``readonly``: the holder only reads, so a read replica may serve it (see
+        :mod:`connman.replicas`): one in rotation, in turn; the primary when none is
+        configured or usable. Reads on a replica may lag the writes (up to the policy's
+        ``max_lag``); read your own writes with a normal lease. With ``url``, that
+        database serves it.
         """
         if type(consumer) is not str or not consumer:
             raise ConfigError(f"a lease needs a consumer name (a non-empty str), got {consumer!r}")
         if self._closing:
             raise PoolClosed("the ConnectionManager is closed")
-        pool = self._default if url is None else self._by_text.get(url)
-        return Lease(self, pool, url, consumer, timeout, full_reset)
+        if url is not None:
+            pool = self._by_text.get(url)
+        elif readonly:
+            pool = self._read_pool()
+        else:
+            pool = self._default
+        return Lease(self, pool, url, consumer, timeout, full_reset, readonly)
 
     async def acquire(
         self,
@@ -536,10 +619,46 @@ class ConnectionManager:
         url: str | None = None,
         timeout: float | None = None,
         full_reset: bool = False,
+        readonly: bool = False,
     ) -> Lease:
         """Like :meth:`lease`, already acquired; the caller must ``await
         lease.release()`` (for code that cannot use ``async with``)."""
-        return await self.lease(consumer, url=url, timeout=timeout, full_reset=full_reset).acquire()
+        lease = self.lease(
+            consumer, url=url, timeout=timeout, full_reset=full_reset, readonly=readonly
+        )
+        return await lease.acquire()
+
+    async def _acquire_read(
+        self, pool: Pool, consumer: str, timeout: float | None
+    ) -> tuple[Pool, PooledConnection]:
+        """A read lease's wait: on a replica at most ``check_timeout``, then on the
+        primary. A replica that died since the last check would otherwise hold its
+        reads for their whole deadline before the next check takes it out."""
+        rotation, default = self._rotation, self._default
+        if rotation is None or default is None or pool is default:
+            return pool, await pool.acquire_queued(consumer, timeout)
+        total = self.config.acquire_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            return pool, await pool.acquire_queued(
+                consumer, min(total, rotation.policy.check_timeout)
+            )
+        except (AcquireTimeout, PoolUnavailable):
+            remaining = total - (loop.time() - started)
+            if remaining <= 0:
+                raise
+        self._reads[pool.name] -= 1
+        self._reads[default.name] = self._reads.get(default.name, 0) + 1
+        return default, await default.acquire(consumer, remaining)
+
+    def _read_pool(self) -> Pool | None:
+        """The pool of a read lease (None before start), counted per pool."""
+        rotation = self._rotation
+        pool = self._default if rotation is None else rotation.pick()
+        if pool is not None:
+            self._reads[pool.name] = self._reads.get(pool.name, 0) + 1
+        return pool
 
     async def _bind_loop(self) -> None:
         if self._loop is None:
@@ -547,11 +666,12 @@ class ConnectionManager:
         elif self._loop is not asyncio.get_running_loop():
             raise ConnmanError(_WRONG_LOOP)
 
-    async def _pool_for(self, url: str | None) -> Pool:
+    async def _pool_for(self, url: str | None, readonly: bool = False) -> Pool:
         if url is None:
             await self.start()
-            assert self._default is not None
-            return self._default
+            pool = self._read_pool() if readonly else self._default
+            assert pool is not None
+            return pool
         pool = self._by_text.get(url)
         if pool is not None:
             return pool
@@ -610,7 +730,29 @@ class ConnectionManager:
             seen[id(self._default)] = self._default
         for pool in self._pools.values():
             seen.setdefault(id(pool), pool)
-        return [pool.stats() for pool in seen.values()]
+        rotation = self._rotation
+        if rotation is None and not self._reads:
+            return [pool.stats() for pool in seen.values()]
+        replicas = {id(p) for p in rotation.pools} if rotation is not None else set()
+        out = []
+        for pool in seen.values():
+            st = dataclasses.replace(pool.stats(), reads=self._reads.get(pool.name, 0))
+            if id(pool) in replicas:
+                assert rotation is not None
+                st = dataclasses.replace(st, role="replica", replica=rotation.status(pool))
+            out.append(st)
+        return out
+
+    @property
+    def replicas(self) -> list[Pool]:
+        """The read replica pools (empty before :meth:`start`, or without replicas)."""
+        return [] if self._rotation is None else self._rotation.pools
+
+    async def check_replicas(self) -> None:
+        """Check every replica now (the manager does it every ``check_interval``):
+        promoted, lagging or silent ones leave the rotation, recovered ones return."""
+        if self._rotation is not None:
+            await self._rotation.check()
 
     @property
     def degraded(self) -> bool:
@@ -636,6 +778,30 @@ class ConnectionManager:
     def __repr__(self) -> str:
         where = self._default.name if self._default is not None else self.storage.redacted_url
         return f"<ConnectionManager {where} pools={len(self.stats())}>"
+
+
+def _replica_urls(storage: Storage, replicas: Sequence[str] | None) -> tuple[DatabaseURL, ...]:
+    """The replica URLs a manager uses, checked: PostgreSQL, not the primary itself."""
+    if replicas is None:
+        texts: Sequence[str] = storage.replica_urls
+        source = "KGENTS_DATABASE_REPLICA_URLS"
+    else:
+        if isinstance(replicas, str):
+            raise ConfigError("replicas= takes a list of URLs, not one string")
+        texts, source = replicas, "ConnectionManager(replicas=...)"
+    urls: list[DatabaseURL] = []
+    for text in texts:
+        url = parse_url(text, source=source)
+        if url.dialect != "postgresql" or storage.dialect != "postgresql":
+            raise ConfigError(
+                f"{source}: read replicas need PostgreSQL URLs and a PostgreSQL primary "
+                f"(replica {url.redacted()}, primary {storage.redacted_url})"
+            )
+        if url.key == parse_url(storage.url).key:
+            raise ConfigError(f"{source} names the primary itself ({url.redacted()})")
+        if all(url.key != u.key for u in urls):
+            urls.append(url)
+    return tuple(urls)
 
 
 _WRONG_LOOP = (

@@ -196,6 +196,19 @@ METRICS: Final[tuple[MetricDoc, ...]] = (
         "Most leases a consumer may hold at once (only consumers with a limit).",
     ),
     MetricDoc(
+        "connman_replica_in_rotation",
+        "gauge",
+        _P,
+        "Per read replica: 1 while it serves read-only leases; 0 while it is out "
+        "(lagging beyond max_lag, promoted, or not answering).",
+    ),
+    MetricDoc(
+        "connman_replica_lag_seconds",
+        "gauge",
+        _P,
+        "Per read replica: how far its replay was behind the primary at the last check.",
+    ),
+    MetricDoc(
         "connman_storage_info",
         "info",
         ("pool", "tier", "dialect", "source", "degraded", "requested_tier"),
@@ -241,6 +254,13 @@ METRICS: Final[tuple[MetricDoc, ...]] = (
         "counter",
         _PC,
         "Leases held longer than leak_threshold.",
+    ),
+    MetricDoc(
+        "connman_pool_reads_total",
+        "counter",
+        ("pool", "role"),
+        "Read-only leases (lease(readonly=True)) served per pool; role is primary or "
+        "replica. Reads on the primary while replicas are configured are fallbacks.",
     ),
     MetricDoc(
         "connman_pool_connections_opened_total",
@@ -622,6 +642,7 @@ class Metrics:
             name: {} for name, _ in _STATS_COUNTERS
         }
         info: dict[tuple[str, ...], None] = {}
+        reads: dict[tuple[str, ...], float] = {}
         known = self.observer.consumers()
 
         def add(table: dict[tuple[str, ...], float], key: tuple[str, ...], value: float) -> None:
@@ -657,6 +678,11 @@ class Metrics:
                     add(gauges["connman_consumer_limit"], (pool, consumer), limit)
                 for name, counter in _STATS_COUNTERS:
                     add(counters[name], (pool,), st.counters.get(counter, 0))
+                add(reads, (pool, st.role), st.reads)
+                if st.replica is not None:
+                    gauges["connman_replica_in_rotation"][(pool,)] = float(st.replica.in_rotation)
+                    if st.replica.lag is not None:
+                        gauges["connman_replica_lag_seconds"][(pool,)] = st.replica.lag
             default = manager.default_pool
             if default is not None and snapshot:
                 storage = manager.storage
@@ -683,6 +709,10 @@ class Metrics:
             for labels, value in sorted(counters[name].items()):
                 cfamily.add_metric(list(labels), value)
             yield cfamily
+        rfamily = _counter_family("connman_pool_reads_total", ("pool", "role"))
+        for labels, value in sorted(reads.items()):
+            rfamily.add_metric(list(labels), value)
+        yield rfamily
         ifamily = InfoMetricFamily(
             _family_name("connman_storage_info"),
             _DOCS["connman_storage_info"].help,
@@ -699,12 +729,15 @@ class Metrics:
         """Can every open instrumented manager serve leases from its default store,
         and every pool it opened? A manager not started yet, or whose start failed,
         cannot (503 with the reason); a degraded one can, but says so (200,
-        ``degraded``, and why)."""
+        ``degraded``, and why). A read replica that cannot serve is not a failure
+        (its reads go to the other replicas or the primary): 200, and the reason
+        names it."""
         managers = self.managers()
         if not managers:
             return Health(False, "no open ConnectionManager is instrumented")
         problems: list[str] = []
         notes: list[str] = []
+        replica_notes: list[str] = []
         pools: list[Mapping[str, Any]] = []
         for manager in managers:
             default_problem = _default_store_problem(manager)
@@ -722,11 +755,16 @@ class Metrics:
                 continue
             for st in snapshot:
                 problem = pool_problem(st)
-                if problem is not None:
+                if problem is not None and st.role == "replica":
+                    replica_notes.append(f"replica {st.name} serves no reads: {problem}")
+                elif problem is not None:
                     problems.append(f"pool {st.name}: {problem}")
                 pools.append(
                     {
                         "pool": st.name,
+                        "role": st.role,
+                        "reads": st.reads,
+                        "replica_reason": None if st.replica is None else st.replica.reason,
                         "ok": problem is None,
                         "problem": problem,
                         "dialect": st.dialect,
@@ -742,8 +780,9 @@ class Metrics:
         degraded = bool(notes)
         if problems:
             return Health(False, redact_text("; ".join(problems)), tuple(pools), degraded)
-        if degraded:
-            return Health(True, redact_text("; ".join(notes)), tuple(pools), degraded)
+        if degraded or replica_notes:
+            text = redact_text("; ".join(notes + replica_notes))
+            return Health(True, text, tuple(pools), degraded)
         return Health(True, "ok", tuple(pools))
 
 

@@ -7,6 +7,9 @@ Resolution priority (first match wins; an empty or blank variable counts as unse
 3. ``$XDG_DATA_HOME/kgents/membrane.db`` (only when XDG_DATA_HOME is absolute)
 4. ``~/.local/share/kgents/membrane.db``
 
+Read replicas of a PostgreSQL primary: ``KGENTS_DATABASE_REPLICA_URLS`` (comma or space
+separated), in :attr:`Storage.replica_urls`.
+
 Tiers: SQLite is portable; Postgres on loopback or a unix socket is unified; any other
 Postgres is production; ``KGENTS_STORAGE_TIER`` overrides. When nothing answers for the
 chosen Postgres at start-up (refused, not resolved, timeout; a server that refuses us is
@@ -23,6 +26,7 @@ from enum import StrEnum
 from urllib.parse import quote
 
 from connman.errors import ConfigError
+from connman.replicas import REPLICA_ENV, parse_replica_urls
 from connman.tls import check_tls
 from connman.urls import DatabaseURL, parse_url
 
@@ -84,6 +88,9 @@ class Storage:
     """Where to degrade to, in order, if this storage cannot be reached at start-up."""
     dgent_url: str = field(default="", repr=False)
     """The URL the D-gent track uses (differs from ``url`` only per KGENTS_DGENT_BACKEND)."""
+    replica_urls: tuple[str, ...] = field(default=(), repr=False)
+    """Normalized URLs of read replicas of ``url`` (``KGENTS_DATABASE_REPLICA_URLS``),
+    passwords included; read-only leases go there (see :mod:`connman.replicas`)."""
 
     @property
     def database_url(self) -> DatabaseURL:
@@ -158,6 +165,7 @@ def resolve_storage(env: Mapping[str, str] | None = None) -> Storage:
     tier = _tier_override(env) or tier_of(url)
     strict = _flag(env, "KGENTS_STORAGE_STRICT")
     dgent_url = _dgent_url(env, url, source)
+    replicas = _replicas(env, url, warnings)
     return Storage(
         url=url.key,
         tier=tier,
@@ -166,6 +174,7 @@ def resolve_storage(env: Mapping[str, str] | None = None) -> Storage:
         strict=strict,
         fallbacks=_fallbacks(env, url, tier),
         dgent_url=dgent_url,
+        replica_urls=replicas,
     )
 
 
@@ -258,6 +267,35 @@ def _dgent_url(env: Mapping[str, str], url: DatabaseURL, source: str) -> str:
     if backend is DgentBackend.SQLITE:
         return url.key if url.dialect == "sqlite" else _portable(env)[0].key
     return parse_url("sqlite:///:memory:").key
+
+
+def _replicas(env: Mapping[str, str], url: DatabaseURL, warnings: list[str]) -> tuple[str, ...]:
+    """``KGENTS_DATABASE_REPLICA_URLS``, parsed and checked like the primary's URL."""
+    raw = _get(env, REPLICA_ENV)
+    if raw is None:
+        return ()
+    if url.dialect != "postgresql":
+        raise ConfigError(
+            f"{REPLICA_ENV} is set but storage resolved to SQLite ({url.redacted()}): read "
+            "replicas need a PostgreSQL primary. Unset it, or set KGENTS_DATABASE_URL."
+        )
+    keys: list[str] = []
+    for text in parse_replica_urls(raw):
+        replica = parse_url(text, source=REPLICA_ENV, home=_get(env, "HOME"))
+        if replica.dialect != "postgresql":
+            raise ConfigError(
+                f"{REPLICA_ENV} holds {replica.redacted()!r}, which is not a PostgreSQL URL"
+            )
+        if replica.key == url.key:
+            raise ConfigError(
+                f"{REPLICA_ENV} names the primary itself ({replica.redacted()}): list standbys"
+            )
+        tls_warning = check_tls(replica, env)
+        if tls_warning is not None:
+            warnings.append(tls_warning)
+        if replica.key not in keys:
+            keys.append(replica.key)
+    return tuple(keys)
 
 
 def _fallbacks(env: Mapping[str, str], url: DatabaseURL, tier: Tier) -> tuple[Storage, ...]:

@@ -31,6 +31,7 @@ __all__ = [
     "WAITED",
     "PoolObserver",
     "PoolStats",
+    "ReplicaStatus",
 ]
 
 ACQUIRED: Final = "acquired"
@@ -84,6 +85,18 @@ COUNTERS: Final = (
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicaStatus:
+    """What the manager's last check found for a read replica."""
+
+    in_rotation: bool
+    """True when the replica serves read-only leases now."""
+    reason: str | None
+    """Why it does not (lagging, promoted, unreachable, not checked yet); None when it does."""
+    lag: float | None
+    """Seconds its replay is behind the primary, as last measured (None: unknown)."""
+
+
+@dataclass(frozen=True, slots=True)
 class PoolStats:
     """A snapshot of one pool. ``url`` is redacted; nothing here holds a secret."""
 
@@ -111,6 +124,12 @@ class PoolStats:
     last_error: str | None = None
     """The last connection error (redacted), if the last attempt failed."""
     closed: bool = False
+    role: str = "primary"
+    """``primary`` (the database writes go to) or ``replica`` (serves read leases)."""
+    reads: int = 0
+    """Read-only leases (``lease(readonly=True)``) this pool was chosen for."""
+    replica: ReplicaStatus | None = None
+    """For a replica: whether it serves reads now, and its lag."""
 
 
 class PoolObserver(Protocol):

@@ -73,6 +73,10 @@ def pool_report(stats: Iterable[PoolStats]) -> list[dict[str, Any]]:
             "max_size": st.max_size,
             "consumers": dict(st.consumers),
             "waiting_by_consumer": dict(st.waiting_by_consumer),
+            "role": st.role,
+            "reads": st.reads,
+            "in_rotation": None if st.replica is None else st.replica.in_rotation,
+            "replica_reason": None if st.replica is None else st.replica.reason,
         }
         for st in stats
     ]
@@ -491,6 +495,9 @@ def _print_pools(title: str, pools: list[dict[str, Any]]) -> None:
         print("  none")
     for p in pools:
         up = "" if p.get("up", True) is not False else "  DOWN"
+        if p.get("role") == "replica":  # absent from a live report of an older process
+            reason = p.get("replica_reason")
+            up += f"  replica, {p.get('reads', 0)} reads" + (f", out: {reason}" if reason else "")
         print(
             f"  {p['pool']}: {p['in_use']} in use, {p['idle']} idle, {p['waiting']} waiting, "
             f"max {p['max_size']}{up}"

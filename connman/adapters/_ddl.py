@@ -13,14 +13,16 @@ PostgreSQL takes a SHARE lock on its table even when the index exists).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from connman.adapters._raw import RawSQL, transaction
+from connman.errors import ConfigError
 from connman.manager import Lease
 from connman.schema.spec import DIALECTS, TableSpec
 
-__all__ = ["SchemaGate", "SchemaPlan", "plan_for"]
+__all__ = ["Reads", "SchemaGate", "SchemaPlan", "check_reads", "plan_for"]
 
 # pg_advisory_xact_lock key shared by every connman DDL transaction ("connman" as an
 # integer: fits a bigint, and is recognisable in pg_locks).
@@ -86,6 +88,24 @@ class SchemaGate:
             return
         await apply_plan(lease, self._plan)
         self._done = True
+
+    async def ensure_before_reads(self, primary: Callable[[], Lease]) -> None:
+        """Before the first read on a replica, which cannot create tables: make sure
+        of the schema on a ``primary()`` lease. A no-op once done."""
+        if not self._done:
+            async with primary() as lease:
+                await self.ensure(lease)
+
+
+Reads = Literal["primary", "replica"]
+"""Where a store's read methods lease: ``primary`` (reads see the store's own writes at
+once) or ``replica`` (read leases: a read replica when one is usable; may lag)."""
+
+
+def check_reads(reads: object) -> None:
+    """Raise :class:`ConfigError` unless ``reads`` is a :data:`Reads` value."""
+    if reads not in get_args(Reads):
+        raise ConfigError(f"reads must be 'primary' or 'replica', got {reads!r}")
 
 
 async def apply_plan(lease: Lease, plan: SchemaPlan) -> None:

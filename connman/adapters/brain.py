@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from connman.adapters._ddl import SchemaGate, plan_for
+from connman.adapters._ddl import Reads, SchemaGate, check_reads, plan_for
 from connman.adapters._params import bind, bind_many
 from connman.adapters._raw import RawSQL, transaction
 from connman.errors import InvalidInput, PoolClosed
@@ -138,6 +138,11 @@ class BrainStore:
             (looked up on every call).
         consumer: the consumer name of its leases.
         url: the database; ``None``: the manager's default database.
+        reads: ``"primary"`` (the default: reads see every earlier write) or
+            ``"replica"``: ``fetch_one``, ``fetch_all``, ``get_capture`` and ``recent``
+            take read leases, served by a read replica when one is in rotation (they
+            may lag the writes); ``execute``, ``executemany``, ``transaction`` and
+            ``capture`` always write on the primary.
 
     Every call leases a connection for its own duration, except inside
     :meth:`transaction`. Writes outside a transaction are committed when the call
@@ -150,7 +155,10 @@ class BrainStore:
         *,
         consumer: str = "brain",
         url: str | None = None,
+        reads: Reads = "primary",
     ) -> None:
+        check_reads(reads)
+        self._reads = reads
         self._manager = manager
         self._consumer = consumer
         self._url = url
@@ -181,14 +189,14 @@ class BrainStore:
         self, query: str, params: Mapping[str, Any] | None = None
     ) -> dict[str, Any] | None:
         """The first row of ``query`` as a dict, or None."""
-        async with self._session() as q:
+        async with self._session(reading=True) as q:
             return await q.fetch_one(query, params)
 
     async def fetch_all(
         self, query: str, params: Mapping[str, Any] | None = None
     ) -> list[dict[str, Any]]:
         """Every row of ``query``, as dicts."""
-        async with self._session() as q:
+        async with self._session(reading=True) as q:
             return await q.fetch_all(query, params)
 
     async def executemany(self, query: str, params_list: Iterable[Mapping[str, Any]]) -> int:
@@ -317,7 +325,7 @@ class BrainStore:
 
     async def get_capture(self, id: str) -> Capture | None:
         """The capture ``id`` with its crystal's summary and tags, or None."""
-        async with self._session() as q:
+        async with self._session(reading=True) as q:
             row = await q.fetch_one(_SELECT_CAPTURES + " WHERE c.id = :id", {"id": id})
             return None if row is None else _capture(row, q.dialect)
 
@@ -325,7 +333,7 @@ class BrainStore:
         """The ``limit`` newest captures, newest first."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise InvalidInput(f"limit must be an int >= 0, got {limit!r}")
-        async with self._session() as q:
+        async with self._session(reading=True) as q:
             rows = await q.fetch_all(
                 _SELECT_CAPTURES + " ORDER BY c.captured_at DESC, c.id DESC LIMIT :limit",
                 {"limit": limit},
@@ -335,9 +343,13 @@ class BrainStore:
     # -- plumbing --------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _session(self) -> AsyncIterator[BrainQueries]:
+    async def _session(self, *, reading: bool = False) -> AsyncIterator[BrainQueries]:
+        """Queries on one lease; ``reading``: a read lease if ``reads="replica"``."""
         self._check_open()
-        async with self._lease() as lease:
+        readonly = reading and self._reads == "replica"
+        if readonly:
+            await self._gate.ensure_before_reads(self._lease)
+        async with self._lease(readonly=readonly) as lease:
             await self._gate.ensure(lease)
             yield BrainQueries(RawSQL(lease, autocommit=True))
 
@@ -348,8 +360,10 @@ class BrainStore:
     def _manager_now(self) -> ConnectionManager:
         return self._manager if self._manager is not None else get_manager()
 
-    def _lease(self, timeout: float | None = None) -> Lease:
-        return self._manager_now().lease(self._consumer, url=self._url, timeout=timeout)
+    def _lease(self, timeout: float | None = None, *, readonly: bool = False) -> Lease:
+        return self._manager_now().lease(
+            self._consumer, url=self._url, timeout=timeout, readonly=readonly
+        )
 
 
 # -- SQL (":name" parameters, compiled per dialect by _params) ---------------------------

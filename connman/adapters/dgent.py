@@ -43,7 +43,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from connman.adapters._ddl import SchemaGate, plan_for
+from connman.adapters._ddl import Reads, SchemaGate, check_reads, plan_for
 from connman.adapters._raw import RawSQL, transaction
 from connman.errors import (
     AdapterError,
@@ -196,9 +196,13 @@ class DgentStore:
             and sets the children's parent to NULL on delete. Either way
             ``causal_chain`` stops at the first missing link. ``get``, ``list``,
             ``causal_chain``, ``exists`` and ``count`` are the same in both.
+        reads: ``"primary"`` (the default: a read sees every write made before it)
+            or ``"replica"``: ``get``, ``list``, ``causal_chain``, ``exists`` and
+            ``count`` take read leases, served by a read replica when one is in
+            rotation; they may not see a ``put`` made just before (replica lag).
 
     Raises:
-        ConfigError: an unknown ``semantics``.
+        ConfigError: an unknown ``semantics`` or ``reads``.
     """
 
     def __init__(
@@ -208,16 +212,19 @@ class DgentStore:
         consumer: str = "dgent",
         url: str | None = None,
         semantics: Semantics = "append-only",
+        reads: Reads = "primary",
     ) -> None:
         if semantics not in get_args(Semantics):
             raise ConfigError(
                 f"semantics must be one of {', '.join(map(repr, get_args(Semantics)))}, "
                 f"got {semantics!r}"
             )
+        check_reads(reads)
         self._manager = manager
         self._consumer = consumer
         self._url = url
         self._semantics = semantics
+        self._reads = reads
         self._gate = SchemaGate(plan_for(schema.TABLES))
 
     def __repr__(self) -> str:
@@ -274,7 +281,7 @@ class DgentStore:
     async def get(self, id: str) -> Datum | None:
         """The datum ``id``, or None."""
         _check_id(id)
-        async with self._lease() as lease:
+        async with await self._reader() as lease:
             await self._gate.ensure(lease)
             raw = RawSQL(lease, autocommit=True)
             row = await raw.fetch_one(_sql(raw, f"SELECT {_COLUMNS} FROM data WHERE id = $1"), [id])
@@ -315,7 +322,7 @@ class DgentStore:
             raise InvalidInput(f"prefix must be a str, got {type(prefix).__name__}")
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise InvalidInput(f"limit must be an int >= 0, got {limit!r}")
-        async with self._lease() as lease:
+        async with await self._reader() as lease:
             await self._gate.ensure(lease)
             raw = RawSQL(lease, autocommit=True)
             sql, args = _list_query(lease.dialect, prefix or None, after, limit)
@@ -332,7 +339,7 @@ class DgentStore:
                 ``semantics="kgents"``, can do that).
         """
         _check_id(id)
-        async with self._lease() as lease:
+        async with await self._reader() as lease:
             await self._gate.ensure(lease)
             raw = RawSQL(lease, autocommit=True)
             rows = await raw.fetch_all(_sql(raw, _CHAIN), [id, MAX_CHAIN_DEPTH])
@@ -346,7 +353,7 @@ class DgentStore:
     async def exists(self, id: str) -> bool:
         """True if datum ``id`` exists."""
         _check_id(id)
-        async with self._lease() as lease:
+        async with await self._reader() as lease:
             await self._gate.ensure(lease)
             raw = RawSQL(lease, autocommit=True)
             found = await raw.fetch_value(_sql(raw, "SELECT 1 FROM data WHERE id = $1"), [id])
@@ -354,7 +361,7 @@ class DgentStore:
 
     async def count(self) -> int:
         """The number of data."""
-        async with self._lease() as lease:
+        async with await self._reader() as lease:
             await self._gate.ensure(lease)
             raw = RawSQL(lease, autocommit=True)
             return int(await raw.fetch_value("SELECT count(*) FROM data"))
@@ -378,7 +385,14 @@ class DgentStore:
         async with self._lease() as lease:
             await self._gate.ensure(lease)
 
-    def _lease(self) -> Lease:
+    async def _reader(self) -> Lease:
+        """The lease of a read method: a read lease with ``reads="replica"``."""
+        if self._reads == "primary":
+            return self._lease()
+        await self._gate.ensure_before_reads(self._lease)
+        return self._lease(readonly=True)
+
+    def _lease(self, *, readonly: bool = False) -> Lease:
         manager = self._manager if self._manager is not None else get_manager()
         url = self._url
         if url is None:
@@ -386,7 +400,7 @@ class DgentStore:
             # The default pool when D-gent shares the storage's database: that keeps
             # degradation (the default pool may stand in for an unreachable one).
             url = None if storage.dgent_url in ("", storage.url) else storage.dgent_url
-        return manager.lease(self._consumer, url=url)
+        return manager.lease(self._consumer, url=url, readonly=readonly)
 
 
 # -- SQL -------------------------------------------------------------------------------

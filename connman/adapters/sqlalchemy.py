@@ -63,6 +63,7 @@ def create_async_engine(
     *,
     consumer: str = "sqlalchemy",
     url: str | None = None,
+    readonly: bool = False,
     **engine_kwargs: Any,
 ) -> AsyncEngine:
     """An ``AsyncEngine`` whose every connection is a connman lease of ``consumer``.
@@ -77,6 +78,9 @@ def create_async_engine(
             create the engine after ``await manager.start()`` when the manager may
             degrade to another database (PostgreSQL -> SQLite), or the first checkout
             after a degradation raises :class:`~connman.ConnmanError` saying so.
+        readonly: every connection is a read lease (``lease(readonly=True)``): on a
+            read replica when one is configured and in rotation, else on the primary.
+            For queries that may see data a little behind the writes.
         **engine_kwargs: passed to SQLAlchemy's ``create_async_engine`` (``echo``,
             ``json_serializer``, ``isolation_level``, ``execution_options``...).
             ``pool_timeout`` is the lease deadline (default connman's
@@ -115,6 +119,7 @@ def create_async_engine(
         manager=manager,
         consumer=consumer,
         url=url,
+        readonly=readonly,
         timeout=engine_kwargs.pop("pool_timeout", None),
         sa_url=sa_url,
         connect_args=connect_args,

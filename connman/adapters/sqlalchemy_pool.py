@@ -74,6 +74,7 @@ class ConnmanPool(Pool):
             global survives the process-wide manager being replaced).
         consumer: the connman consumer name of every lease.
         url: the database (``None``: the manager's default one).
+        readonly: lease read leases (a read replica when one is usable).
         timeout: acquire deadline in seconds (``None``: connman's ``acquire_timeout``).
         sa_url: the engine's URL (no password): what the dialect derives its DBAPI
             adapter options from.
@@ -94,6 +95,7 @@ class ConnmanPool(Pool):
         url: str | None,
         timeout: float | None,
         sa_url: URL,
+        readonly: bool = False,
         connect_args: dict[str, Any] | None = None,
         **kw: Any,
     ) -> None:
@@ -104,6 +106,7 @@ class ConnmanPool(Pool):
         self._manager = manager
         self._consumer = consumer
         self._url = url
+        self._readonly = readonly
         self._timeout = timeout
         self._sa_url = sa_url
         self._connect_args = dict(connect_args or {})
@@ -168,6 +171,7 @@ class ConnmanPool(Pool):
             manager=self._manager,
             consumer=self._consumer,
             url=self._url,
+            readonly=self._readonly,
             timeout=self._timeout,
             sa_url=self._sa_url,
             connect_args=self._connect_args,
@@ -331,7 +335,9 @@ class ConnmanPool(Pool):
 
     def _acquire(self) -> Lease:
         manager = self._manager if self._manager is not None else get_manager()
-        lease = manager.lease(self._consumer, url=self._url, timeout=self._timeout)
+        lease = manager.lease(
+            self._consumer, url=self._url, timeout=self._timeout, readonly=self._readonly
+        )
         if lease.try_acquire():  # an idle connection: no coroutine at all
             return lease
         acquiring = lease.acquire()

@@ -171,6 +171,20 @@ class LocalCluster:
         if self.running:
             self.restart()
 
+    def standby(self) -> LocalCluster:
+        """A new cluster streaming from this running one (``pg_basebackup -R``: a hot
+        standby with this cluster's settings on a port of its own), not started yet.
+        Promote it with ``SELECT pg_promote()``; destroy it like any cluster."""
+        replica = LocalCluster(
+            self.bindir, max_connections=self._max_connections, settings=self.settings
+        )
+        shutil.rmtree(replica.data)
+        replica._run(
+            "pg_basebackup", "-D", str(replica.data), "-R", "-X", "stream", "-c", "fast",
+            "-d", self.dsn,
+        )  # fmt: skip
+        return replica
+
     def destroy(self) -> None:
         """Stop the server and delete its files."""
         try:

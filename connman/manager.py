@@ -629,6 +629,16 @@ class ConnectionManager:
         return self._start_error
 
     @property
+    def observer(self) -> PoolObserver | None:
+        """Where the pools report per-lease timings (see :meth:`set_observer`)."""
+        return self._observer
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the manager's pools run on, once started (None before)."""
+        return self._loop
+
+    @property
     def default_pool(self) -> Pool | None:
         """The pool behind ``lease()`` without ``url`` (None before :meth:`start`)."""
         return self._default

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.userproc import fresh_env, run_python
+from tests.support.userproc import fresh_env, run_python
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 FRAGMENT = "# fragment"

@@ -13,6 +13,7 @@ import dataclasses
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Sequence
+from enum import IntEnum
 from types import TracebackType
 from typing import Any
 
@@ -37,9 +38,21 @@ from connman.urls import DatabaseURL, parse_url
 __all__ = ["ConnectionManager", "Lease", "get_manager"]
 
 
-# asyncio's C helper behind get_running_loop(), without the raise when there is none
-# (a Lease compares it with its manager's loop on every lease).
-_running_loop = asyncio.events._get_running_loop
+# Bound once: a Lease compares the running loop with its manager's on every lease.
+_running_loop = asyncio.get_running_loop
+
+
+class _State(IntEnum):
+    """Where a :class:`Lease` is in its single use (an IntEnum: compared on every
+    lease, as cheaply as the ints it replaces)."""
+
+    NEW = 0
+    ACTIVE = 1
+    ENDED = 2
+
+
+# Module-level names for the hot path (a global lookup, not an enum attribute one).
+_NEW, _ACTIVE, _ENDED = _State.NEW, _State.ACTIVE, _State.ENDED
 
 
 class _LeakWatch:
@@ -99,7 +112,7 @@ class Lease:
         self._timeout = timeout
         self._full_reset = full_reset
         self._pooled: PooledConnection | None = None
-        self._state = 0  # 0 new, 1 active, 2 ended
+        self._state = _NEW
         self._leak: _LeakWatch | None = None  # only with leak_threshold set
         self._log_tokens: tuple[Any, Any] | None = None  # structlog context
 
@@ -108,10 +121,10 @@ class Lease:
     @property
     def connection(self) -> Any:
         """The driver's connection. Raises :class:`LeaseError` outside the lease."""
-        if self._state != 1:
+        if self._state is not _ACTIVE:
             raise LeaseError(
                 f"lease of {self.consumer!r} has "
-                + ("ended" if self._state == 2 else "not started")
+                + ("ended" if self._state is _ENDED else "not started")
                 + ": take a new lease with manager.lease(...) instead of keeping the old one"
             )
         assert self._pooled is not None
@@ -121,7 +134,7 @@ class Lease:
     def connection_state(self) -> dict[object, Any]:
         """A dict that lives as long as the physical connection, for adapters that
         set a connection up once (SQLAlchemy's connection record, codecs...)."""
-        if self._state != 1 or self._pooled is None:
+        if self._state is not _ACTIVE or self._pooled is None:
             raise LeaseError(f"lease of {self.consumer!r} is not active")
         return self._pooled.state
 
@@ -148,7 +161,7 @@ class Lease:
     @property
     def active(self) -> bool:
         """True between acquire and release."""
-        return self._state == 1
+        return self._state is _ACTIVE
 
     def request_full_reset(self) -> None:
         """Ask for a full session reset on release (asyncpg's reset query: advisory
@@ -160,7 +173,7 @@ class Lease:
 
     async def __aenter__(self) -> Lease:
         pool = self._pool
-        if pool is not None and not self._state and self._manager._loop is _running_loop():
+        if pool is not None and self._state is _NEW and self._manager._loop is _running_loop():
             # The common case inline: no nested coroutine, and an idle connection
             # taken without any await.
             pooled = pool.try_acquire(self.consumer)
@@ -193,10 +206,10 @@ class Lease:
         try:
             failed = exc_type is not None
             pool, pooled = self._pool, self._pooled
-            if self._state == 1 and not self._full_reset and self._leak is None:
+            if self._state is _ACTIVE and not self._full_reset and self._leak is None:
                 assert pool is not None
                 assert pooled is not None
-                self._state = 2
+                self._state = _ENDED
                 self._pooled = None
                 if not pool.release_nowait(pooled, failed=failed):
                     await pool.release(pooled, failed=failed)
@@ -219,7 +232,7 @@ class Lease:
         """Is ``exc`` the driver saying the leased connection is unusable? Then it is
         terminated here (no I/O), so the release drops it as lost."""
         pooled = self._pooled
-        if self._state != 1 or pooled is None or not pooled.conn.is_lost_error(exc):
+        if self._state is not _ACTIVE or pooled is None or not pooled.conn.is_lost_error(exc):
             return False
         pooled.conn.terminate()
         return True
@@ -230,7 +243,12 @@ class Lease:
         connection, taken without waiting or I/O; False when nothing happened and
         ``await acquire()`` is needed."""
         pool = self._pool
-        if self._state or pool is None or self._manager._loop is not _running_loop():
+        if self._state is not _NEW or pool is None:
+            return False
+        try:
+            if self._manager._loop is not _running_loop():
+                return False
+        except RuntimeError:  # no loop runs here: await acquire() says what is wrong
             return False
         pooled = pool.try_acquire(self.consumer)
         if pooled is None:
@@ -242,8 +260,8 @@ class Lease:
         """The synchronous fast path of :meth:`release`: True when the lease has ended
         without I/O (a clean connection went back, a broken one was dropped); False
         when nothing happened and ``await release()`` is needed."""
-        if self._state != 1:
-            self._state = 2
+        if self._state is not _ACTIVE:
+            self._state = _ENDED
             return True
         pool = self._pool
         pooled = self._pooled
@@ -251,13 +269,13 @@ class Lease:
             return False
         if not pool.release_nowait(pooled, failed=failed):
             return False
-        self._state = 2
+        self._state = _ENDED
         self._pooled = None
         return True
 
     async def acquire(self) -> Lease:
         """Take the connection (``async with`` does this). Single use."""
-        if self._state:
+        if self._state is not _NEW:
             raise LeaseError("a Lease is single use: call manager.lease(...) again")
         manager = self._manager
         pool = self._pool
@@ -278,7 +296,7 @@ class Lease:
 
     def _take(self, pool: Pool, pooled: PooledConnection) -> None:
         self._pooled = pooled
-        self._state = 1
+        self._state = _ACTIVE
         threshold = pool.leak_threshold
         if threshold is not None:
             loop = asyncio.get_running_loop()
@@ -295,14 +313,14 @@ class Lease:
         ``discard``: close this physical connection instead of reusing it (the pool
         opens a new one when needed), e.g. after changing what a session cannot undo.
         """
-        if discard and self._state == 1 and self._pool is not None and self._pooled is not None:
-            self._pool.retire(self._pooled)
-        if self._state != 1:
-            self._state = 2
+        pool, pooled = self._pool, self._pooled
+        if discard and self._state is _ACTIVE and pool is not None and pooled is not None:
+            pool.retire(pooled)
+        if self._state is not _ACTIVE:
+            self._state = _ENDED
             return
-        self._state = 2
-        pooled, self._pooled = self._pooled, None
-        pool = self._pool
+        self._state = _ENDED
+        self._pooled = None
         assert pooled is not None
         assert pool is not None
         leak, self._leak = self._leak, None
@@ -320,7 +338,7 @@ class Lease:
 
     def _leaked(self) -> None:
         pool, leak = self._pool, self._leak
-        if pool is None or leak is None or self._state != 1:
+        if pool is None or leak is None or self._state is not _ACTIVE:
             return
         leak.reported = asyncio.get_running_loop().time()
         pool.note_leak(self.consumer)
@@ -337,7 +355,7 @@ class Lease:
 
     def __repr__(self) -> str:
         where = self._pool.name if self._pool is not None else "unresolved"
-        state = ("new", "active", "ended")[self._state]
+        state = self._state.name.lower()
         return f"<Lease {self.consumer!r} {state} on {where}>"
 
 
@@ -769,6 +787,16 @@ class ConnectionManager:
         """The error of the last failed :meth:`start` (None once one succeeded): what
         ``/healthz`` reports for a manager whose default store cannot serve."""
         return self._start_error
+
+    @property
+    def observer(self) -> PoolObserver | None:
+        """Where the pools report per-lease timings (see :meth:`set_observer`)."""
+        return self._observer
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the manager's pools run on, once started (None before)."""
+        return self._loop
 
     @property
     def default_pool(self) -> Pool | None:

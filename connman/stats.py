@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 __all__ = [
     "ACQUIRED",
@@ -32,6 +32,7 @@ __all__ = [
     "PoolObserver",
     "PoolStats",
     "ReplicaStatus",
+    "pool_problem",
 ]
 
 ACQUIRED: Final = "acquired"
@@ -130,6 +131,29 @@ class PoolStats:
     """Read-only leases (``lease(readonly=True)``) this pool was chosen for."""
     replica: ReplicaStatus | None = None
     """For a replica: whether it serves reads now, and its lag."""
+
+    def as_dict(self, *keys: str) -> dict[str, Any]:
+        """The snapshot as plain data (mappings copied to dicts), for JSON reports:
+        the fields named in ``keys``, or all of them. ``name`` is keyed ``pool``, the
+        word every report and metric label uses for it."""
+        out: dict[str, Any] = {}
+        for key in keys or _DICT_KEYS:
+            value = getattr(self, "name" if key == "pool" else key)
+            out[key] = dict(value) if isinstance(value, Mapping) else value
+        return out
+
+
+_DICT_KEYS: Final = tuple("pool" if n == "name" else n for n in PoolStats.__dataclass_fields__)
+
+
+def pool_problem(stats: PoolStats) -> str | None:
+    """Why a pool cannot serve leases, or None when it can (what ``/healthz`` and
+    ``connman_pool_up`` report)."""
+    if stats.closed:
+        return "closed"
+    if stats.size == 0 and stats.last_error is not None:
+        return f"unreachable: {stats.last_error}"
+    return None
 
 
 class PoolObserver(Protocol):

@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from connman.diagnose import diagnose
 from connman.errors import ConnmanError, PoolUnavailable, UnavailableReason
@@ -61,25 +61,31 @@ _CONSUMER = "status"
 def pool_report(stats: Iterable[PoolStats]) -> list[dict[str, Any]]:
     """``manager.stats()`` as plain data for the report."""
     return [
-        {
-            "pool": st.name,
-            "dialect": st.dialect,
-            "tier": st.tier,
-            "degraded": st.degraded,
-            "size": st.size,
-            "idle": st.idle,
-            "in_use": st.in_use,
-            "waiting": st.waiting,
-            "max_size": st.max_size,
-            "consumers": dict(st.consumers),
-            "waiting_by_consumer": dict(st.waiting_by_consumer),
-            "role": st.role,
-            "reads": st.reads,
+        st.as_dict(*_REPORT_KEYS)
+        | {
             "in_rotation": None if st.replica is None else st.replica.in_rotation,
             "replica_reason": None if st.replica is None else st.replica.reason,
         }
         for st in stats
     ]
+
+
+_REPORT_KEYS: Final = (
+    "pool",
+    "dialect",
+    "tier",
+    "degraded",
+    "size",
+    "idle",
+    "in_use",
+    "waiting",
+    "max_size",
+    "consumers",
+    "waiting_by_consumer",
+    "role",
+    "reads",
+)
+"""The fields of each pool in the report (its JSON keys, in this order)."""
 
 
 def track_databases(storage: Storage) -> dict[str, str]:

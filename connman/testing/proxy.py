@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+
+from connman.urls import parse_url
 
 __all__ = ["StallingProxy"]
 
@@ -38,8 +41,15 @@ class StallingProxy:
         return self
 
     def url(self, user: str = "postgres", database: str = "postgres") -> str:
-        """A Postgres URL through the proxy."""
+        """A Postgres URL through the proxy, without a password (a trust server's);
+        :meth:`route` keeps the password of a URL of the target."""
         return f"postgresql+asyncpg://{user}@127.0.0.1:{self.port}/{database}"
+
+    def route(self, url: str) -> str:
+        """``url`` (of the target server) sent through the proxy: its host and port
+        replaced, user, password, database and parameters kept. Holds the password:
+        never log it."""
+        return dataclasses.replace(parse_url(url), host="127.0.0.1", port=self.port).key
 
     def stall(self) -> None:
         """Stop forwarding bytes; new connections hang before reaching the server."""

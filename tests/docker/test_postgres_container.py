@@ -19,7 +19,7 @@ import pytest
 
 from connman import ConnectionManager, PoolConfig
 from connman.testing.containers import OWNER_LABEL, docker_engine, owner
-from tests.faults.faultkit import (
+from tests.support.faultkit import (
     LoadThroughOutage,
     admin_connect,
     app_name,

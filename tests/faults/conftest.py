@@ -1,11 +1,12 @@
-"""Fixtures of the fault tests (helpers live in faultkit.py)."""
+"""Fixtures of the fault tests (helpers live in tests/support/faultkit.py)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
 import pytest
-from faultkit import ManagerFactory
+
+from tests.support.faultkit import ManagerFactory
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from collections import Counter
 import anyio
 import asyncpg
 import pytest
-from faultkit import (
+
+from tests.support.faultkit import (
     PeakMonitor,
     admin_connect,
     app_name,

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 import anyio
 import asyncpg
 import pytest
-from faultkit import admin_connect, app_name, wait_until
 
 from connman import ConnectionManager, PoolConfig
 from connman.testing.cluster import LocalCluster
 from connman.testing.plugin import throwaway_cluster
+from tests.support.faultkit import admin_connect, app_name, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
 

@@ -10,7 +10,9 @@ import time
 
 import anyio
 import pytest
-from faultkit import (
+
+from connman import AcquireTimeout, PoolUnavailable
+from tests.support.faultkit import (
     LoadThroughOutage,
     ManagerFactory,
     Stopwatch,
@@ -22,8 +24,6 @@ from faultkit import (
     outcome,
     wait_until,
 )
-
-from connman import AcquireTimeout, PoolUnavailable
 
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
 

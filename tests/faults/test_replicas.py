@@ -13,7 +13,6 @@ from typing import Any
 import anyio
 import asyncpg
 import pytest
-from faultkit import admin_connect, wait_until
 from prometheus_client import CollectorRegistry, generate_latest
 
 from connman import ConnectionManager, PoolStats, ReplicaPolicy
@@ -24,6 +23,7 @@ from connman.metrics import Metrics
 from connman.status import pool_report
 from connman.testing.cluster import LocalCluster
 from connman.testing.plugin import throwaway_cluster
+from tests.support.faultkit import admin_connect, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
 

@@ -22,7 +22,6 @@ import anyio
 import pytest
 import structlog
 import structlog.testing
-from faultkit import admin_connect, app_name, wait_until
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -38,6 +37,7 @@ from connman import (
     resolve_storage,
 )
 from connman.cli import main as cli_main
+from tests.support.faultkit import admin_connect, app_name, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
 

@@ -9,9 +9,10 @@ from collections import Counter
 
 import anyio
 import pytest
-from faultkit import PeakMonitor, app_name, counters, wait_until
 
 from connman import parse_url
+from tests.support.faultkit import PeakMonitor, app_name, counters, wait_until
+from tests.support.pg_access import userinfo
 
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
 
@@ -21,10 +22,11 @@ MAX_SIZE = 10
 def _spellings(url: str) -> list[str]:
     """Three ways kgents code writes the same database URL."""
     u = parse_url(url)
+    auth = userinfo(u)  # user, and the password when the server wants one
     return [
-        f"postgresql+asyncpg://{u.user}@{u.host}:{u.port}/{u.database}",
-        f"postgres://{u.user}@{u.host}:{u.port}/{u.database}",
-        f"postgresql+psycopg://{u.user}@{u.host.upper()}/{u.database}?port={u.port}",
+        f"postgresql+asyncpg://{auth}{u.host}:{u.port}/{u.database}",
+        f"postgres://{auth}{u.host}:{u.port}/{u.database}",
+        f"postgresql+psycopg://{auth}{u.host.upper()}/{u.database}?port={u.port}",
     ]
 
 

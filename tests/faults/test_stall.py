@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 
 import anyio
 import pytest
-from faultkit import Stopwatch, app_name, wait_until
 
 from connman import AcquireTimeout, PoolUnavailable, parse_url
 from connman.testing.proxy import StallingProxy
+from tests.support.faultkit import Stopwatch, app_name, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
 
@@ -26,7 +26,7 @@ async def proxy(postgres_database: str) -> AsyncIterator[tuple[StallingProxy, st
     target = parse_url(postgres_database)
     assert target.host is not None and target.port is not None
     async with StallingProxy(target.host, target.port) as p:
-        yield p, p.url(user=target.user or "postgres", database=target.database or "postgres")
+        yield p, p.route(postgres_database)
 
 
 async def _acquire_fails_by_deadline(manager, consumer: str) -> BaseException:

@@ -11,7 +11,9 @@ import socket
 import anyio
 import asyncpg
 import pytest
-from faultkit import (
+
+from connman import ConnectionLost
+from tests.support.faultkit import (
     admin_connect,
     app_name,
     backends,
@@ -21,8 +23,6 @@ from faultkit import (
     outcome,
     wait_until,
 )
-
-from connman import ConnectionLost
 
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
 

@@ -26,7 +26,7 @@ from connman.cli import main
 from connman.coherence import check_coherence
 from connman.errors import InvalidInput, PoolClosed, QueryParameterError
 from connman.schema.models import Crystal, CrystalTag
-from tests.integration.helpers import RecordingObserver
+from tests.support.helpers import RecordingObserver
 
 # Module-level anyio mark: see tests/integration/test_dgent.py.
 pytestmark = pytest.mark.anyio

@@ -17,8 +17,8 @@ import pytest
 
 from connman import ConnectionManager
 from connman.adapters.brain import BrainStore
-from tests.faults.faultkit import wait_until
-from tests.integration.userproc import fresh_env
+from tests.support.faultkit import wait_until
+from tests.support.userproc import fresh_env
 
 pytestmark = pytest.mark.anyio
 

@@ -24,8 +24,7 @@ import structlog
 import connman.logging as cm_logging
 from connman import AcquireTimeout, ConnectionManager, PoolConfig, resolve_storage
 from connman.metrics import MetricsObserver
-
-from .helpers import captured_logs
+from tests.support.helpers import captured_logs
 
 PASSWORD = f"Pw-{uuid.uuid4().hex[:12]}-logs"
 ROLE = "log_app"

@@ -20,8 +20,8 @@ from connman import (
     Tier,
     resolve_storage,
 )
-
-from .helpers import captured_logs
+from tests.support.helpers import captured_logs
+from tests.support.pg_access import admin_execute, create_role, drop_role, with_role
 
 
 def closed_port() -> int:
@@ -136,16 +136,19 @@ async def test_get_manager_is_one_instance_per_process_and_loop(
 
 
 @pytest.mark.postgres
-async def test_pools_differing_only_in_password_keep_apart_names(postgres_url: str) -> None:
-    from connman import parse_url
-
-    url = parse_url(postgres_url)
-    base = f"postgresql://{url.user}:{{pw}}@{url.host}:{url.port}/{url.database}"
-    async with ConnectionManager(postgres_url, degrade=False) as manager:
-        for pw in ("first-secret", "second-secret"):
-            async with manager.lease("t", url=base.format(pw=pw)):
-                pass
-        names = [s.name for s in manager.stats()]
+async def test_pools_differing_only_in_password_keep_apart_names(postgres_database: str) -> None:
+    # A role of the test's own whose password rotates between the two leases, so that
+    # both URLs log in on a server that checks passwords as on one that trusts.
+    role = await create_role(postgres_database, "first-secret")
+    try:
+        async with ConnectionManager(postgres_database, degrade=False) as manager:
+            for pw in ("first-secret", "second-secret"):
+                await admin_execute(postgres_database, f"ALTER ROLE {role} PASSWORD '{pw}'")
+                async with manager.lease("t", url=with_role(postgres_database, role, pw)):
+                    pass
+            names = [s.name for s in manager.stats()]
+    finally:
+        await drop_role(postgres_database, role)
     assert len(names) == len(set(names)) == 3
     assert not any("secret" in name for name in names)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -23,8 +22,7 @@ import asyncpg
 import pytest
 
 from connman.migrate import MigrateOptions, migrate, verify
-from connman.urls import parse_url
-from tests.integration.membrane_factory import (
+from tests.support.membrane_factory import (
     BAD_CRYSTAL_ID,
     BIG_BLOB_ID,
     NUL_CAPTURE_ID,
@@ -33,6 +31,7 @@ from tests.integration.membrane_factory import (
     Membrane,
     make_membrane,
 )
+from tests.support.migrate_cli import pg, run_cli, sqlite_file_url, table_counts, tier_cli
 
 pytestmark = pytest.mark.postgres
 
@@ -45,30 +44,6 @@ def assert_untouched(membrane: Membrane, digest: str) -> None:
     assert sha256_file(membrane.path) == digest
     for suffix in ("-wal", "-shm", "-journal"):
         assert not Path(str(membrane.path) + suffix).exists(), suffix
-
-
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, **kw: Any
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "connman.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-        **kw,
-    )
-
-
-def tier_cli(
-    command: str, source: str, target: str, *args: str, **kw: Any
-) -> subprocess.CompletedProcess[str]:
-    """``connman migrate|verify --from source --to target ...`` as a user types it."""
-    return run_cli(command, "--from", source, "--to", target, *args, **kw)
-
-
-def sqlite_url(path: Path) -> str:
-    return f"sqlite:///{path}"
 
 
 def sqlite_table(path: Path, ddl: str, rows: list[tuple[Any, ...]]) -> Path:
@@ -89,10 +64,6 @@ async def pg_execute(url: str, sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
-
-
-async def pg(url: str) -> asyncpg.Connection:
-    return await asyncpg.connect(parse_url(url).connect_dsn())
 
 
 async def catalogue(url: str) -> dict[str, Any]:
@@ -147,7 +118,7 @@ async def test_dry_run_writes_nothing(
 
     result = tier_cli(
         "migrate",
-        sqlite_url(membrane.path),
+        sqlite_file_url(membrane.path),
         postgres_database,
         "--dry-run",
         cwd=tmp_path,
@@ -179,7 +150,7 @@ async def test_dry_run_to_sqlite_creates_no_file(postgres_database: str, tmp_pat
     await conn.execute("CREATE TABLE things (id INT PRIMARY KEY, seen TIMESTAMPTZ)")
     await conn.execute("INSERT INTO things VALUES (1, now())")
     await conn.close()
-    result = tier_cli("migrate", postgres_database, sqlite_url(target), "--dry-run")
+    result = tier_cli("migrate", postgres_database, sqlite_file_url(target), "--dry-run")
     assert result.returncode == 0, result.stderr
     assert not target.parent.exists()
 
@@ -194,7 +165,7 @@ async def test_execute_verify_and_again_writes_nothing(
     rejects = tmp_path / "rejects.jsonl"
     first = tier_cli(
         "migrate",
-        sqlite_url(membrane.path),
+        sqlite_file_url(membrane.path),
         postgres_database,
         "--execute",
         "--rejects-file",
@@ -213,7 +184,7 @@ async def test_execute_verify_and_again_writes_nothing(
     }
     assert all(r["reason"] for r in recorded)
 
-    checked = tier_cli("verify", sqlite_url(membrane.path), postgres_database)
+    checked = tier_cli("verify", sqlite_file_url(membrane.path), postgres_database)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "verify passed" in checked.stdout
 
@@ -266,14 +237,14 @@ async def test_execute_verify_and_again_writes_nothing(
 
     again = tier_cli(
         "migrate",
-        sqlite_url(membrane.path),
+        sqlite_file_url(membrane.path),
         postgres_database,
         "--execute",
         "--rejects-file",
         str(tmp_path / "again.jsonl"),
     )
     assert again.returncode == 1
-    summary = _summary(again.stdout)
+    summary = table_counts(again.stdout)
     for table, rows in membrane.rows.items():
         bad = len(membrane.bad.get(table, ()))
         assert summary[table] == {
@@ -292,7 +263,7 @@ async def test_chains_already_in_parent_first_order_are_read_as_they_lie(
     in rowid order, not sorted by chain depth first; a missing parent is still
     refused and every copied parent exists."""
     membrane = make_membrane(tmp_path / "membrane.db", children_first=False)
-    source = sqlite_url(membrane.path)
+    source = sqlite_file_url(membrane.path)
     dry = tier_cli("migrate", source, postgres_database, "--dry-run", "--tables", "data")
     assert "order: parents first (causal_parent -> id; rowid order is)" in dry.stdout, dry.stdout
 
@@ -320,7 +291,7 @@ async def test_chains_already_in_parent_first_order_are_read_as_they_lie(
 async def test_verify_reports_differences(membrane: Membrane, postgres_database: str) -> None:
     result = await migrate(
         MigrateOptions(
-            source=sqlite_url(membrane.path),
+            source=sqlite_file_url(membrane.path),
             target=postgres_database,
             execute=True,
             tables=("captures", "field_notes"),
@@ -333,7 +304,7 @@ async def test_verify_reports_differences(membrane: Membrane, postgres_database:
     await conn.close()
     checked = tier_cli(
         "verify",
-        sqlite_url(membrane.path),
+        sqlite_file_url(membrane.path),
         postgres_database,
         "--tables",
         "captures,field_notes",
@@ -343,24 +314,6 @@ async def test_verify_reports_differences(membrane: Membrane, postgres_database:
     assert lines["captures"].endswith("content differs")
     assert lines[UNKNOWN_TABLE].endswith("rows differ")
     assert "DIFFERENCES in 2 table(s)" in checked.stdout
-
-
-def _summary(out: str) -> dict[str, dict[str, int]]:
-    rows: dict[str, dict[str, int]] = {}
-    lines = out.splitlines()
-    start = next(i for i, x in enumerate(lines) if x.startswith("table ") and "written" in x)
-    for line in lines[start + 2 :]:
-        parts = line.split()
-        if len(parts) != 6:
-            break
-        name, read, written, present, rejected, _ = parts
-        rows[name] = {
-            "read": int(read.replace(",", "")),
-            "written": int(written.replace(",", "")),
-            "present": int(present.replace(",", "")),
-            "rejected": int(rejected.replace(",", "")),
-        }
-    return rows
 
 
 def _sqlite_value(path: Path, sql: str, *args: Any) -> Any:
@@ -390,7 +343,7 @@ async def test_killed_half_way_then_resumed(tmp_path: Path, postgres_database: s
         "connman.cli",
         "migrate",
         "--from",
-        sqlite_url(membrane.path),
+        sqlite_file_url(membrane.path),
         "--to",
         postgres_database,
         "--execute",
@@ -426,13 +379,13 @@ async def test_killed_half_way_then_resumed(tmp_path: Path, postgres_database: s
 
     resumed = run_cli(*args[2:], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    summary = _summary(resumed.stdout)
+    summary = table_counts(resumed.stdout)
     assert summary["captures"]["present"] >= copied
     assert summary["captures"]["present"] + summary["captures"]["written"] == 40_000
     assert summary["data"]["present"] + summary["data"]["written"] == 6_000
     checked = tier_cli(
         "verify",
-        sqlite_url(membrane.path),
+        sqlite_file_url(membrane.path),
         postgres_database,
         "--tables",
         "data,captures",
@@ -449,7 +402,9 @@ async def test_reverse_direction_round_trips(
 ) -> None:
     digest = sha256_file(membrane.path)
     there = await migrate(
-        MigrateOptions(source=sqlite_url(membrane.path), target=postgres_database, execute=True)
+        MigrateOptions(
+            source=sqlite_file_url(membrane.path), target=postgres_database, execute=True
+        )
     )
     assert there.verify_ok
     # Written to PostgreSQL after the migration: the rollback must take it home.
@@ -461,10 +416,10 @@ async def test_reverse_direction_round_trips(
     await conn.close()
 
     home = tmp_path / "back" / "membrane.db"
-    back = tier_cli("migrate", postgres_database, sqlite_url(home), "--execute")
+    back = tier_cli("migrate", postgres_database, sqlite_file_url(home), "--execute")
     assert back.returncode == 0, back.stdout + back.stderr
     assert "verify passed" in back.stdout
-    checked = tier_cli("verify", postgres_database, sqlite_url(home))
+    checked = tier_cli("verify", postgres_database, sqlite_file_url(home))
     assert checked.returncode == 0, checked.stdout
 
     import sqlite3
@@ -520,7 +475,9 @@ def _note(row: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def test_neither_flag_is_a_usage_error(tmp_path: Path) -> None:
-    result = tier_cli("migrate", sqlite_url(tmp_path / "x.db"), "postgresql://u@127.0.0.1:1/db")
+    result = tier_cli(
+        "migrate", sqlite_file_url(tmp_path / "x.db"), "postgresql://u@127.0.0.1:1/db"
+    )
     assert result.returncode == 2
     assert "--dry-run" in result.stderr and "--execute" in result.stderr
 
@@ -528,7 +485,7 @@ def test_neither_flag_is_a_usage_error(tmp_path: Path) -> None:
 def test_missing_source_file(tmp_path: Path) -> None:
     result = tier_cli(
         "migrate",
-        sqlite_url(tmp_path / "nope.db"),
+        sqlite_file_url(tmp_path / "nope.db"),
         "postgresql://u:secretpw@127.0.0.1:1/db",
         "--dry-run",
     )
@@ -544,7 +501,7 @@ def test_unreachable_target(membrane: Membrane) -> None:
         port = s.getsockname()[1]
     result = tier_cli(
         "migrate",
-        sqlite_url(membrane.path),
+        sqlite_file_url(membrane.path),
         f"postgresql://kgents:hunter2pw@127.0.0.1:{port}/kgents",
         "--execute",
         env={"KGENTS_POOL_CONNECT_TIMEOUT": "2"},
@@ -561,7 +518,7 @@ async def test_wrong_password_is_not_printed(membrane: Membrane, postgres_cluste
     await conn.close()
     postgres_cluster.require_password()
     url = f"postgresql://kgents:wrong-password-42@127.0.0.1:{postgres_cluster.port}/kgents"
-    result = tier_cli("migrate", sqlite_url(membrane.path), url, "--execute")
+    result = tier_cli("migrate", sqlite_file_url(membrane.path), url, "--execute")
     assert result.returncode == 4, result.stderr
     # The reason and its hint come from PoolUnavailable's fields, not from its text.
     assert ": authentication (The server at 127.0.0.1:" in result.stderr
@@ -574,7 +531,7 @@ async def test_incompatible_target_table(membrane: Membrane, postgres_database: 
     await conn.execute("CREATE TABLE captures (id TEXT PRIMARY KEY, body TEXT NOT NULL)")
     await conn.close()
     before = await catalogue(postgres_database)
-    result = tier_cli("migrate", sqlite_url(membrane.path), postgres_database, "--execute")
+    result = tier_cli("migrate", sqlite_file_url(membrane.path), postgres_database, "--execute")
     assert result.returncode == 5, result.stderr
     assert "table captures" in result.stderr and "lacks the column(s) content" in result.stderr
     assert "body" in result.stderr  # the NOT NULL column the source cannot fill
@@ -588,7 +545,10 @@ async def test_disk_full_on_sqlite_target(
 
     there = await migrate(
         MigrateOptions(
-            source=sqlite_url(membrane.path), target=postgres_database, execute=True, verify=False
+            source=sqlite_file_url(membrane.path),
+            target=postgres_database,
+            execute=True,
+            verify=False,
         )
     )
     assert there.rejected == 3
@@ -600,7 +560,7 @@ async def test_disk_full_on_sqlite_target(
     result = tier_cli(
         "migrate",
         postgres_database,
-        sqlite_url(home),
+        sqlite_file_url(home),
         "--execute",
         "--rejects-file",
         str(tmp_path / "r.jsonl"),
@@ -609,7 +569,7 @@ async def test_disk_full_on_sqlite_target(
     assert result.returncode == 6, result.stdout + result.stderr
     assert "full" in result.stderr and "run the same command again" in result.stderr
     # Space back: the same command finishes the job.
-    again = tier_cli("migrate", postgres_database, sqlite_url(home), "--execute")
+    again = tier_cli("migrate", postgres_database, sqlite_file_url(home), "--execute")
     assert again.returncode == 0, again.stdout + again.stderr
 
 
@@ -641,7 +601,7 @@ async def test_existing_target_types_decide(tmp_path: Path, postgres_database: s
     )
 
     result = await migrate(
-        MigrateOptions(source=sqlite_url(source), target=postgres_database, execute=True)
+        MigrateOptions(source=sqlite_file_url(source), target=postgres_database, execute=True)
     )
     [outcome] = result.outcomes
     assert outcome.written == 3 and outcome.rejected == 1
@@ -654,14 +614,14 @@ async def test_existing_target_types_decide(tmp_path: Path, postgres_database: s
     assert row["seen"] == datetime(2025, 1, 2, 2, 4, 5)  # naive column: UTC digits
     assert row["day"].isoformat() == "2025-01-02" and row["ok"] is True
     assert str(row["amount"]) == "1.500"
-    [again] = await verify(sqlite_url(source), postgres_database)
+    [again] = await verify(sqlite_file_url(source), postgres_database)
     assert again.ok and again.source.unconvertible == 1
 
 
 async def test_unknown_table_name_is_an_error(membrane: Membrane, postgres_database: str) -> None:
     result = tier_cli(
         "migrate",
-        sqlite_url(membrane.path),
+        sqlite_file_url(membrane.path),
         postgres_database,
         "--dry-run",
         "--tables",
@@ -700,7 +660,7 @@ async def test_binary_copy_of_existing_types_refusals_and_rerun(
         "seen TIMESTAMPTZ, code VARCHAR(5) CHECK (code <> 'bad'), ok BOOLEAN)",
     )
     options = MigrateOptions(
-        source=sqlite_url(source), target=postgres_database, execute=True, batch_rows=1000
+        source=sqlite_file_url(source), target=postgres_database, execute=True, batch_rows=1000
     )
 
     result = await migrate(options)

@@ -21,15 +21,9 @@ import pytest
 from connman import ConnectionManager
 from connman.adapters.dgent import Datum, DgentStore
 from connman.testing.cluster import LocalCluster
-from tests.faults.faultkit import wait_until
-from tests.integration.membrane_factory import make_membrane
-from tests.integration.test_migrate import (
-    _summary,
-    pg,
-    run_cli,
-    sqlite_url,
-    tier_cli,
-)
+from tests.support.faultkit import wait_until
+from tests.support.membrane_factory import make_membrane
+from tests.support.migrate_cli import pg, run_cli, sqlite_file_url, table_counts, tier_cli
 
 pytestmark = pytest.mark.postgres
 
@@ -63,7 +57,7 @@ async def test_rerun_on_a_complete_target_sends_nothing(
     tmp_path: Path, postgres_database: str
 ) -> None:
     membrane = make_membrane(tmp_path / "membrane.db")
-    source = sqlite_url(membrane.path)
+    source = sqlite_file_url(membrane.path)
     first = tier_cli(
         "migrate", source, postgres_database, "--execute", "--batch-size", "64", cwd=tmp_path
     )
@@ -80,7 +74,7 @@ async def test_rerun_on_a_complete_target_sends_nothing(
     assert "already complete: the target holds every row of the source; nothing was sent" in (
         again.stdout
     )
-    assert all(row["written"] == 0 for row in _summary(again.stdout).values())
+    assert all(row["written"] == 0 for row in table_counts(again.stdout).values())
     assert "verify passed" not in again.stdout or "DIFFERENCES" not in again.stdout
 
 
@@ -114,18 +108,23 @@ async def test_a_target_holding_the_first_part_gets_only_the_rest(
     _first_rows(membrane.path, part, keep)
     tables = ("--tables", "captures", "data", "--batch-size", "500")
     done = tier_cli(
-        "migrate", sqlite_url(part), postgres_database, "--execute", *tables, cwd=tmp_path
+        "migrate", sqlite_file_url(part), postgres_database, "--execute", *tables, cwd=tmp_path
     )
     assert done.returncode == 0, done.stdout + done.stderr
     before = await inserted(postgres_database)
 
     rest = tier_cli(
-        "migrate", sqlite_url(membrane.path), postgres_database, "--execute", *tables, cwd=tmp_path
+        "migrate",
+        sqlite_file_url(membrane.path),
+        postgres_database,
+        "--execute",
+        *tables,
+        cwd=tmp_path,
     )
 
     assert rest.returncode == 0, rest.stdout + rest.stderr
     assert "verify passed" in rest.stdout
-    summary = _summary(rest.stdout)
+    summary = table_counts(rest.stdout)
     for table, rows in membrane.rows.items():
         if table not in keep:
             continue
@@ -147,7 +146,7 @@ async def test_ctrl_c_says_how_far_it_got_and_the_rerun_resumes(
     args = [
         "migrate",
         "--from",
-        sqlite_url(membrane.path),
+        sqlite_file_url(membrane.path),
         "--to",
         postgres_database,
         "--execute",
@@ -201,14 +200,14 @@ async def test_ctrl_c_says_how_far_it_got_and_the_rerun_resumes(
     resumed = run_cli(*args, cwd=tmp_path)
 
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    summary = _summary(resumed.stdout)["captures"]
+    summary = table_counts(resumed.stdout)["captures"]
     assert summary == {"read": 40_000, "written": 40_000 - there, "present": there, "rejected": 0}
     assert sent(before, await inserted(postgres_database)) == {"captures": 40_000 - there}
 
 
 async def test_verify_names_the_rows_that_differ(tmp_path: Path, postgres_database: str) -> None:
     membrane = make_membrane(tmp_path / "membrane.db", bad_rows=False)
-    source = sqlite_url(membrane.path)
+    source = sqlite_file_url(membrane.path)
     tables = ("--tables", "captures")
     done = tier_cli("migrate", source, postgres_database, "--execute", *tables, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -306,13 +305,13 @@ async def test_writes_made_while_degraded_go_home(
 
     def home() -> subprocess.CompletedProcess[str]:
         return tier_cli(
-            "migrate", sqlite_url(fallback), postgres_cluster.url, "--execute", cwd=tmp_path
+            "migrate", sqlite_file_url(fallback), postgres_cluster.url, "--execute", cwd=tmp_path
         )
 
     done = home()
 
     assert done.returncode == 1, done.stdout + done.stderr  # the conflict
-    assert _summary(done.stdout)["data"] == {
+    assert table_counts(done.stdout)["data"] == {
         "read": 8,
         "written": 6,
         "present": 1,
@@ -334,7 +333,7 @@ async def test_writes_made_while_degraded_go_home(
 
     again = home()  # the same command again: nothing to send, the same conflict
     assert again.returncode == 1
-    assert _summary(again.stdout)["data"]["written"] == 0
+    assert table_counts(again.stdout)["data"]["written"] == 0
     assert "rejected data 'both-different': primary key conflict" in again.stdout
 
 
@@ -348,17 +347,21 @@ async def test_a_conflict_into_sqlite_is_reported_and_left_alone(
     finally:
         await conn.close()
     target = tmp_path / "home.db"
-    done = tier_cli("migrate", postgres_database, sqlite_url(target), "--execute", cwd=tmp_path)
+    done = tier_cli(
+        "migrate", postgres_database, sqlite_file_url(target), "--execute", cwd=tmp_path
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     with sqlite3.connect(target) as home:
         home.execute("UPDATE things SET v = 'changed at home' WHERE id = 2")
         home.execute("DELETE FROM things WHERE id = 3")
     home.close()
 
-    again = tier_cli("migrate", postgres_database, sqlite_url(target), "--execute", cwd=tmp_path)
+    again = tier_cli(
+        "migrate", postgres_database, sqlite_file_url(target), "--execute", cwd=tmp_path
+    )
 
     assert again.returncode == 1, again.stdout + again.stderr
-    assert _summary(again.stdout)["things"] == {
+    assert table_counts(again.stdout)["things"] == {
         "read": 3,
         "written": 1,
         "present": 1,

@@ -24,8 +24,7 @@ import pytest
 from connman import ConnectionManager, PoolConfig
 from connman.testing.cluster import LocalCluster
 from connman.testing.plugin import throwaway_cluster
-
-from .pgbouncer_load import run_load
+from tests.support.pgbouncer_load import run_load
 
 pytestmark = pytest.mark.postgres
 

@@ -17,8 +17,8 @@ from connman import (
     PoolClosed,
     PoolConfig,
 )
-
-from .helpers import RecordingObserver, captured_logs, wait_until
+from tests.support.helpers import RecordingObserver, captured_logs, wait_until
+from tests.support.pg_access import userinfo
 
 pytestmark = pytest.mark.postgres
 
@@ -253,11 +253,12 @@ async def test_every_spelling_of_a_url_reaches_one_pool(postgres_database: str) 
 
     url = parse_url(postgres_database)
     host = url.host or "127.0.0.1"
+    auth = userinfo(url)  # user, and the password when the server wants one
     spellings = [
-        f"postgres://{url.user}@{host}:{url.port}/{url.database}",
-        f"postgresql://{url.user}@{host.upper()}:{url.port}/{url.database}",
-        f"postgresql+asyncpg://{url.user}@{host}:{url.port}/{url.database}",
-        f"postgresql+psycopg://{url.user}@{host}:{url.port}/{url.database}",
+        f"postgres://{auth}{host}:{url.port}/{url.database}",
+        f"postgresql://{auth}{host.upper()}:{url.port}/{url.database}",
+        f"postgresql+asyncpg://{auth}{host}:{url.port}/{url.database}",
+        f"postgresql+psycopg://{auth}{host}:{url.port}/{url.database}",
     ]
     async with manager_for(postgres_database, max_size=1) as manager:
         pids = set()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.userproc import fresh_env, run_python
+from tests.support.userproc import fresh_env, run_python
 
 # What the user's code does, with nothing closed at the end. Each prints "done".
 _UNCLOSED = {

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.userproc import fresh_env, run_python
+from tests.support.userproc import fresh_env, run_python
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 FRAGMENT = "# fragment"
@@ -87,6 +87,7 @@ def test_block_runs_what_it_defines(block: Block) -> None:
     """A program that defines ``async def main()`` and never runs it exits 0 having
     shown nothing: every coroutine function a block defines is used in it."""
     tree = ast.parse(block.code)
+    # (A block defining test_* functions is a test module: not here, see TEST_MODULES.)
     defined = {n.name for n in tree.body if isinstance(n, ast.AsyncFunctionDef)}
     used = {
         n.id

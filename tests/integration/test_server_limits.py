@@ -14,8 +14,7 @@ import pytest
 from connman import AcquireTimeout, ConnectionManager, PoolConfig, PoolUnavailable
 from connman.testing.cluster import LocalCluster
 from connman.testing.plugin import throwaway_cluster
-
-from .helpers import captured_logs
+from tests.support.helpers import captured_logs
 
 pytestmark = pytest.mark.postgres
 

@@ -38,8 +38,7 @@ import connman
 from connman import AcquireTimeout, ConfigError, ConnectionManager, ConnmanError, PoolConfig
 from connman.adapters.sqlalchemy import PoolTimeout, create_async_engine
 from connman.schema.types import AwareDateTime
-
-from .helpers import wait_until
+from tests.support.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 ALEMBIC_INI = ROOT / "deploy" / "alembic" / "alembic.ini"

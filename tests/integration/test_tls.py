@@ -22,7 +22,7 @@ import pytest
 from connman import ConfigError, ConnectionManager, PoolConfig, PoolUnavailable
 from connman.testing.cluster import LocalCluster
 from connman.testing.plugin import throwaway_cluster, unavailable
-from tests.faults.faultkit import wait_until
+from tests.support.faultkit import wait_until
 
 pytestmark = pytest.mark.postgres
 

@@ -1,7 +1,7 @@
 """Load through a pooler from several processes, each with a default ConnectionManager
 (no KGENTS_POOL_* variable): every operation's answer is checked.
 
-    uv run python tests/integration/pgbouncer_load.py URL [--processes 4] [--tasks 16] [--ops 150]
+    uv run python tests/support/pgbouncer_load.py URL [--processes 4] [--tasks 16] [--ops 150]
 
 prints ``{"operations": ..., "errors": {...}, "wrong": ...}`` summed over the
 processes. Three statements rotate so that a statement run under another's name shows

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 
 from connman import logging as cm_logging
-from tests.faults.faultkit import wait_until
+from tests.support.faultkit import wait_until
 
 __all__ = ["RecordingObserver", "captured_logs", "wait_until"]
 

@@ -577,6 +577,7 @@ class Pool:
             return self._unavailable(
                 f"{text}; the database is unreachable, last connect error: {self._last_error}",
                 consumer,
+                names_pool=True,
             )
         advice = (
             "Raise max_size or acquire_timeout (KGENTS_POOL_MAX_SIZE, "
@@ -600,8 +601,10 @@ class Pool:
         )
         return AcquireTimeout(f"{text}. {advice}.")
 
-    def _unavailable(self, text: str, consumer: str) -> PoolUnavailable:
-        if not text.startswith("no connection"):
+    def _unavailable(self, text: str, consumer: str, *, names_pool: bool) -> PoolUnavailable:
+        """The error for a waiter the pool cannot serve. ``names_pool``: ``text``
+        already says which pool and consumer (a deadline's description does)."""
+        if not names_pool:
             text = f"pool {self.name}, consumer {consumer!r}: {text}"
         self._counters[S.UNAVAILABLE] += 1
         if self._observer is not None:
@@ -648,7 +651,9 @@ class Pool:
                 # so now rather than at every waiter's deadline.
                 self._permanent_error = True
                 reason = f"connecting fails: {self._last_error}"
-                self._queue.fail_all(lambda consumer: self._unavailable(reason, consumer))
+                self._queue.fail_all(
+                    lambda consumer: self._unavailable(reason, consumer, names_pool=False)
+                )
             self._enter_backoff()
             return
         except BaseException:

@@ -202,7 +202,10 @@ class Lease:
         """Is ``exc`` the driver saying the leased connection is unusable? Then it is
         terminated here (no I/O), so the release drops it as lost."""
         pooled = self._pooled
-        if self._state != 1 or pooled is None or not pooled.conn.is_lost_error(exc):
+        if self._state != 1 or pooled is None:
+            return False
+        if not pooled.conn.is_lost_error(exc):
+            pooled.conn.saw_error(exc)  # e.g. a write refused read-only: failover?
             return False
         pooled.conn.terminate()
         return True

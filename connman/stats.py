@@ -111,6 +111,9 @@ class PoolStats:
     last_error: str | None = None
     """The last connection error (redacted), if the last attempt failed."""
     closed: bool = False
+    hosts: Mapping[str, str] = field(default_factory=dict)
+    """Multi-host URLs: each host's outcome at the last connect (``ok``, ``refused``,
+    ``read-only``...), e.g. ``{"127.0.0.1:5601": "refused", "127.0.0.1:5602": "ok"}``."""
 
 
 class PoolObserver(Protocol):

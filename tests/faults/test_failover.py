@@ -11,6 +11,7 @@ a second); the blocking cluster calls run in a worker thread so the pool keeps r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import Iterator
@@ -257,5 +258,61 @@ async def test_old_primary_rejoining_as_standby_is_not_used(
     assert duplicated == 0
     assert manager.stats()[0].hosts == {
         f"127.0.0.1:{primary.port}": "read-only",
+        f"127.0.0.1:{standby.port}": "ok",
+    }
+
+
+async def test_fenced_primary_is_left_after_one_refused_write(
+    replicated: tuple[LocalCluster, LocalCluster], make_manager: ManagerFactory
+) -> None:
+    """A switchover by hand: the primary is fenced read-only (ALTER SYSTEM SET
+    default_transaction_read_only), the standby promoted. The first write refused
+    with SQLSTATE 25006 retires every connection to the fenced server, the idle ones
+    at once: no other lease meets the fenced server, writes go to the new primary."""
+    primary, standby = replicated
+    manager = await make_manager(
+        multi_host_url(primary, standby), min_size=4, max_size=4, acquire_timeout=2.0
+    )
+    # Four connections to the primary, all idle.
+    async with contextlib.AsyncExitStack() as stack:
+        for i in range(4):
+            await stack.enter_async_context(manager.lease(f"warm{i}"))
+    assert manager.stats()[0].idle == 4
+    admin = await admin_connect(primary.url)
+    try:
+        await admin.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+        await admin.execute("SELECT pg_reload_conf()")
+    finally:
+        await admin.close()
+
+    async def write() -> Exception | None:
+        """One write: None if acknowledged, else the error."""
+        try:
+            async with manager.lease("writer") as lease:
+                await lease.connection.execute("INSERT INTO failover_rows VALUES (1, 1)")
+        except Exception as exc:
+            return exc
+        return None
+
+    with anyio.fail_after(30):
+        # Until the backend has read the reload, writes still pass.
+        while not isinstance(error := await write(), asyncpg.ReadOnlySQLTransactionError):
+            assert error is None, error
+        primary_host = f"127.0.0.1:{primary.port}"
+        await wait_until(
+            lambda: manager.stats()[0].hosts.get(primary_host) == "read-only",
+            timeout=5,
+            what="the fenced primary marked read-only",
+        )
+        stats = manager.stats()[0]
+        assert stats.size == 0, f"connections to the fenced primary kept: {stats}"
+        await anyio.to_thread.run_sync(standby.promote)
+        refused = 0
+        while (error := await write()) is not None:
+            refused += isinstance(error, asyncpg.ReadOnlySQLTransactionError)
+            assert isinstance(error, (*OUTAGE_ERRORS, asyncpg.ReadOnlySQLTransactionError))
+    assert refused == 0, f"{refused} more writes met the fenced primary"
+    assert manager.stats()[0].hosts == {
+        primary_host: "read-only",
         f"127.0.0.1:{standby.port}": "ok",
     }

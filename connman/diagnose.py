@@ -23,7 +23,7 @@ from connman import tls
 from connman.errors import UnavailableReason
 from connman.urls import DatabaseURL
 
-__all__ = ["Diagnosis", "diagnose"]
+__all__ = ["Diagnosis", "HostsFailed", "diagnose", "host_outcome"]
 
 R = UnavailableReason
 
@@ -61,10 +61,37 @@ class Diagnosis:
     """``host:port`` (or the SQLite file); never a password."""
 
 
+class HostsFailed(Exception):
+    """No host of a multi-host URL gave a usable connection. ``outcomes`` holds, in
+    the URL's order, each host (``host:port``) and what it did (``refused``,
+    ``read-only``, ``timed out``, or an :class:`UnavailableReason` value); the message
+    is those, e.g. ``127.0.0.1:5601 refused; 127.0.0.1:5602 read-only``."""
+
+    def __init__(self, outcomes: list[tuple[str, str]], reasons: list[UnavailableReason]) -> None:
+        self.outcomes = tuple(outcomes)
+        self.reasons = tuple(reasons)
+        super().__init__("; ".join(f"{host} {what}" for host, what in outcomes))
+
+
+def host_outcome(exc: BaseException, url: DatabaseURL) -> tuple[str, UnavailableReason]:
+    """What one host of a multi-host URL did (``url`` names that host alone): a short
+    word for :class:`HostsFailed`'s message, and the reason behind it."""
+    reason = _postgres_reason(exc, url)
+    if reason is R.READ_ONLY:
+        return "read-only", reason
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused", reason
+    if isinstance(exc, TimeoutError):
+        return "timed out", reason
+    return reason.value.replace("_", " "), reason
+
+
 def diagnose(exc: BaseException, url: DatabaseURL) -> Diagnosis:
     """Classify ``exc``, raised while connecting to ``url``."""
     if url.dialect == "sqlite":
         return Diagnosis(R.SQLITE_FILE, _sqlite_hint(url), url.database)
+    if isinstance(exc, HostsFailed):
+        return _hosts_failed(exc, url)
     host = _where(url)
     reason = _postgres_reason(exc, url)
     if reason is R.TLS and tls.is_verification_failure(exc):
@@ -77,6 +104,20 @@ def diagnose(exc: BaseException, url: DatabaseURL) -> Diagnosis:
         ),
         host,
     )
+
+
+def _hosts_failed(exc: HostsFailed, url: DatabaseURL) -> Diagnosis:
+    """Every host failed: unreachable only if nothing answered (then a manager may
+    degrade); read-only if the others were unreachable; else the first refusal."""
+    answered = [r for r in exc.reasons if r is not R.UNREACHABLE]
+    reason = answered[0] if answered else R.UNREACHABLE
+    if R.READ_ONLY in answered and all(r is R.READ_ONLY for r in answered):
+        reason = R.READ_ONLY
+    where = f"{url.host} ({exc})"
+    hint = _HINTS[reason].format(
+        where=where, user=url.user or "the user", database=url.database or "the database"
+    )
+    return Diagnosis(reason, hint, url.host)
 
 
 def _postgres_reason(exc: BaseException, url: DatabaseURL) -> UnavailableReason:
@@ -93,6 +134,10 @@ def _postgres_reason(exc: BaseException, url: DatabaseURL) -> UnavailableReason:
         # file a connect opens is a certificate named in the URL (sslrootcert...).
         return R.UNREACHABLE if _on_socket(url) else R.CONFIGURATION
     asyncpg = sys.modules.get("asyncpg")
+    if asyncpg is not None and isinstance(exc, asyncpg.TargetServerAttributeNotMatched):
+        # Answered, but a standby (or default_transaction_read_only=on) where
+        # target_session_attrs asks for a writable server.
+        return R.READ_ONLY
     if asyncpg is not None and isinstance(exc, asyncpg.InterfaceError):
         return R.CONFIGURATION  # ClientConfigurationError and kin: bad parameters
     if type(exc) is ConnectionError and _tls_required(url):
@@ -164,6 +209,11 @@ _HINTS = {
     ),
     R.SERVER_NOT_READY: (
         "The server at {where} is starting up, shutting down or in recovery: retry when it is up"
+    ),
+    R.READ_ONLY: (
+        "No host of {where} accepts writes: promote a standby (pg_ctl promote, or SELECT "
+        "pg_promote()) and the pool moves to it within about a second; or set "
+        "target_session_attrs=any in the URL if read-only connections will do"
     ),
     R.CONFIGURATION: (
         "The connection settings for {where} are not usable: check the URL's query "

@@ -72,6 +72,9 @@ class UnavailableReason(StrEnum):
     """The server is at max_connections (SQLSTATE 53300)."""
     SERVER_NOT_READY = "server_not_ready"
     """The server is starting up, shutting down or in recovery (SQLSTATE 57P03)."""
+    READ_ONLY = "read_only"
+    """Every host that answered is read-only (a standby), and the pool wants a
+    writable one (``target_session_attrs=read-write``, the default with several hosts)."""
     CONFIGURATION = "configuration"
     """The connection settings are not usable as written (a bad parameter, a
     certificate file that does not exist)."""

@@ -220,19 +220,36 @@ class Lease:
             unbind_lease_context(tokens)
         if lost:
             assert exc is not None
-            assert self._pool is not None
-            raise ConnectionLost(
-                f"the connection of consumer {self.consumer!r} to {self._pool.name} was "
-                f"lost while leased ({type(exc).__name__} from the driver: the server "
-                "ended the session, or the driver lost track of it); it has been "
-                "dropped. Retry on a new lease."
-            ) from exc
+            raise self._lost_error(exc) from exc
+
+    def holder_error(self, exc: BaseException) -> ConnectionLost | None:
+        """For an adapter that sees its holder's errors outside ``async with`` (the
+        SQLAlchemy engine): what ``__aexit__`` does with ``exc``. Returns the
+        :class:`ConnectionLost` to raise instead when ``exc`` is the driver saying the
+        connection is gone (it has been terminated, the release drops it), else None
+        (and the connection has noted ``exc``: a write refused read-only, say)."""
+        return self._lost_error(exc) if self._lost(exc) else None
+
+    def _lost_error(self, exc: BaseException) -> ConnectionLost:
+        assert self._pool is not None
+        return ConnectionLost(
+            f"the connection of consumer {self.consumer!r} to {self._pool.name} was "
+            f"lost while leased ({type(exc).__name__} from the driver: the server "
+            "ended the session, or the driver lost track of it); it has been "
+            "dropped. Retry on a new lease."
+        )
 
     def _lost(self, exc: BaseException) -> bool:
         """Is ``exc`` the driver saying the leased connection is unusable? Then it is
         terminated here (no I/O), so the release drops it as lost."""
         pooled = self._pooled
-        if self._state is not _ACTIVE or pooled is None or not pooled.conn.is_lost_error(exc):
+        if self._state is not _ACTIVE or pooled is None:
+            return False
+        if not pooled.conn.is_lost_error(exc):
+            if not self._readonly:
+                # e.g. a write refused read-only: has the primary turned standby? (A
+                # read lease may well be on a standby: that says nothing.)
+                pooled.conn.saw_error(exc)
             return False
         pooled.conn.terminate()
         return True

@@ -61,6 +61,9 @@ _monotonic: Final = time.monotonic
 _LIFETIME_JITTER: Final = 0.05
 # Relative jitter of each reconnect delay, so several processes do not retry in step.
 _BACKOFF_JITTER: Final = 0.1
+# The longest reconnect delay while someone waits: during a failover the waiters'
+# writes resume within about this long of a standby's promotion.
+_WAITED_MAX_DELAY: Final = 1.0
 
 
 class PooledConnection:
@@ -487,6 +490,8 @@ class Pool:
                 self._counters[S.RETURNS_BAD] += int(not clean)
                 self._slot_freed()
                 self._drop(pooled, lost=conn.is_closed())
+                if conn.demoted:
+                    self._server_read_only(conn.server)
                 return
         pooled.last_used = _monotonic()
         self._put_back(pooled)
@@ -621,7 +626,10 @@ class Pool:
 
     def _grow(self) -> None:
         """Start background connects for waiters and for min_size, within max_size."""
-        if self._closing or self._backoff_handle is not None or self._loop is None:
+        if self._closing or self._loop is None:
+            return
+        if self._backoff_handle is not None:
+            self._hurry_backoff()
             return
         size = len(self._idle) + self._in_use
         room = self._max_size - size - self._connecting - self._closing_conns
@@ -718,13 +726,30 @@ class Pool:
         if self._closing or self._backoff_handle is not None or self._loop is None:
             return
         cfg = self.config
-        self._backoff = min(
-            max(self._backoff * 2, cfg.reconnect_initial_delay), cfg.reconnect_max_delay
-        )
+        self._backoff = min(max(self._backoff * 2, cfg.reconnect_initial_delay), self._max_delay())
         delay = self._backoff * (1 + random.uniform(-_BACKOFF_JITTER, _BACKOFF_JITTER))
         # connect_failed said it at warning level, once for this cycle.
         self._log.debug("reconnect_scheduled", delay=round(delay, 3), consumer=None)
         self._backoff_handle = self._loop.call_later(delay, self._leave_backoff)
+
+    def _max_delay(self) -> float:
+        """The backoff ceiling: ``reconnect_max_delay``, at most ~1 s while waiters queue."""
+        ceiling = self.config.reconnect_max_delay
+        if self._waiters and self._queue:
+            ceiling = min(ceiling, _WAITED_MAX_DELAY)
+        return ceiling
+
+    def _hurry_backoff(self) -> None:
+        """A waiter arrived during a long backoff (the pool idled through an outage):
+        bring the next attempt within ``_WAITED_MAX_DELAY``."""
+        handle, loop = self._backoff_handle, self._loop
+        assert handle is not None
+        assert loop is not None
+        ceiling = self._max_delay()
+        if handle.when() - loop.time() > ceiling * (1 + _BACKOFF_JITTER):
+            handle.cancel()
+            self._backoff = ceiling
+            self._backoff_handle = loop.call_later(ceiling, self._leave_backoff)
 
     def _leave_backoff(self) -> None:
         self._backoff_handle = None
@@ -737,6 +762,24 @@ class Pool:
         """Close ``pooled`` when it comes back instead of lending it again (a leased
         connection is not interrupted). Uses the lifetime check every path makes."""
         pooled.expires = -math.inf
+
+    def _server_read_only(self, server: str) -> None:
+        """A connection found ``server`` read-only (a standby now, or fenced) in a pool
+        that writes: retire every connection to it, idle ones now, leased ones when
+        they come back, so that the pool re-targets (new connects skip read-only
+        hosts: target_session_attrs)."""
+        stale = [p for p in self._conns if p.conn.server == server]
+        if not stale:
+            return
+        self._log.warning("server_read_only", server=server, retired=len(stale), consumer=None)
+        for pooled in stale:
+            self.retire(pooled)
+        idle = [p for p in self._idle if p.conn.server == server]
+        if idle:
+            self._idle[:] = [p for p in self._idle if p.conn.server != server]
+            for pooled in idle:
+                self._drop(pooled, lost=False)
+        self._grow()
 
     def expire_connections(self) -> None:
         """Replace every connection (asyncpg's name): idle ones are closed now, leased
@@ -849,6 +892,7 @@ class Pool:
             counters={**self._counters, S.ACQUIRED: self._acquired, S.WAITED: self._waited},
             last_error=self._last_error if self._failing else None,
             closed=self._closing,
+            hosts=self._driver.hosts,
         )
 
     def set_observer(self, observer: PoolObserver | None) -> None:

@@ -131,6 +131,9 @@ class PoolStats:
     """Read-only leases (``lease(readonly=True)``) this pool was chosen for."""
     replica: ReplicaStatus | None = None
     """For a replica: whether it serves reads now, and its lag."""
+    hosts: Mapping[str, str] = field(default_factory=dict)
+    """Multi-host URLs: each host's outcome at the last connect (``ok``, ``refused``,
+    ``read-only``...), e.g. ``{"127.0.0.1:5601": "refused", "127.0.0.1:5602": "ok"}``."""
 
     def as_dict(self, *keys: str) -> dict[str, Any]:
         """The snapshot as plain data (mappings copied to dicts), for JSON reports:

@@ -139,6 +139,25 @@ class DatabaseURL:
         return all(_is_local_host(h) for h in self.host.split(",") if h)
 
     @property
+    def hosts(self) -> tuple[tuple[str, int], ...]:
+        """Each ``(host, port)`` of a multi-host URL (``h1:p1,h2:p2``), in order; a
+        host without its own port gets the URL's, else 5432. Empty for one host, a
+        unix socket, or SQLite."""
+        if self.dialect != "postgresql" or self.host is None or "," not in self.host:
+            return ()
+        pairs: list[tuple[str, int]] = []
+        for item in self.host.split(","):
+            host, port = item, self.port or _DEFAULT_PORT
+            if item.startswith("["):  # [::1]:5432
+                host, _, after = item[1:].partition("]")
+                port = int(after[1:]) if after.startswith(":") else port
+            elif item.count(":") == 1:
+                host, _, port_s = item.partition(":")
+                port = int(port_s)
+            pairs.append((host, port))
+        return tuple(pairs)
+
+    @property
     def key(self) -> str:
         """The normalized URL with its password: the identity of a pool. Never log it."""
         return self._render(hide_password=False)
@@ -355,6 +374,14 @@ def _parse_hostport(hostport: str, source: str, original: str) -> tuple[str | No
     if not hostport:
         return None, None
     if "," in hostport:  # multi-host (HA); asyncpg accepts h1:p1,h2:p2
+        for item in hostport.split(","):
+            # Each port checked now: DatabaseURL.hosts reads them back as numbers.
+            _, bracket, after = item.partition("]") if item.startswith("[") else ("", "", item)
+            name, colon, port_s = after.rpartition(":") if ":" in after else (after, "", "")
+            if not item or ":" in name or (bracket and name) or (colon and not port_s):
+                raise _bad(source, original, f"the host list has a malformed entry {item!r}")
+            if colon:
+                _port(port_s, source, original)
         return hostport.lower(), None
     if hostport.startswith("/"):
         return hostport, None

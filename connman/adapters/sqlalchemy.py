@@ -24,7 +24,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy.engine import URL
+from sqlalchemy import event
+from sqlalchemy.engine import URL, ExceptionContext
 from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect, IsolationLevel
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine
@@ -137,7 +138,33 @@ def create_async_engine(
     # On connman, ending a connection is always possible: give the lease back
     # (ConnmanPool._close_connection), closed if the driver could close it.
     dialect.has_terminate = True
+    event.listen(engine.sync_engine, "handle_error", _lease_verdict(pool), retval=True)
     return engine
+
+
+def _lease_verdict(pool: ConnmanPool) -> Any:
+    """A ``handle_error`` listener: every error of the engine's connections passes
+    through their lease, as it would through ``async with lease``. A driver-internal
+    error (asyncpg's "cannot switch to state ...": the server ended the session
+    between two statements) is raised as :class:`~connman.ConnectionLost`, and
+    SQLAlchemy invalidates the connection; a write refused read-only lets the pool
+    check the server (failover)."""
+
+    def handle_error(context: ExceptionContext) -> BaseException | None:
+        fairy = getattr(context.connection, "_dbapi_connection", None)
+        record = getattr(fairy, "_connection_record", None)
+        if record is None:
+            return None
+        # The dialect's DBAPI adapter raises its own exception from the driver's.
+        original = context.original_exception
+        driver_error = original.__cause__ or original
+        lost = pool.holder_error(record, driver_error)
+        if lost is None:
+            return None
+        context.is_disconnect = True  # SQLAlchemy raises it from ``original``
+        return lost
+
+    return handle_error
 
 
 def serving_url(manager: ConnectionManager, url: str | None = None) -> DatabaseURL:

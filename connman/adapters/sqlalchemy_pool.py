@@ -35,7 +35,7 @@ from sqlalchemy.util import await_only
 from sqlalchemy.util import concurrency as _sa_concurrency
 
 from connman.adapters.sqlalchemy_json import decode_json_columns
-from connman.errors import AcquireTimeout, ConnmanError
+from connman.errors import AcquireTimeout, ConnectionLost, ConnmanError
 from connman.manager import ConnectionManager, Lease, get_manager
 from connman.stats import PoolStats
 from connman.urls import parse_url
@@ -245,6 +245,12 @@ class ConnmanPool(Pool):
                 lease = self._detached.pop(id(raw), None)
                 if lease is not None:
                     self._release(lease, failed=True)
+
+    def holder_error(self, record: object, exc: BaseException) -> ConnectionLost | None:
+        """``exc`` reached the engine on the connection of ``record``: the lease's
+        verdict (:meth:`connman.Lease.holder_error`), None if it is not ours."""
+        lease = self._out.get(cast(ConnectionPoolEntry, record))
+        return None if lease is None else lease.holder_error(exc)
 
     def _invalidate(
         self,

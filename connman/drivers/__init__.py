@@ -64,6 +64,16 @@ class DriverConnection(Protocol):
         assume an operation may still be in flight.
         """
 
+    server: str
+    """Where it is connected (``host:port``, or the SQLite file)."""
+    demoted: bool
+    """True once a reset found the server read-only where the pool wants writes: the
+    pool then retires every connection to :attr:`server` (failover)."""
+
+    def saw_error(self, exc: BaseException) -> None:
+        """``exc`` was raised to the lease holder (and is not a lost connection):
+        remember what it says about the server for the release (no I/O)."""
+
     def is_lost_error(self, exc: BaseException) -> bool:
         """True when ``exc``, raised to the lease holder, is the driver's own way of
         saying the connection is gone or unusable (asyncpg's InternalClientError, an
@@ -90,6 +100,11 @@ class Driver(Protocol):
     """Opens connections to one database."""
 
     dialect: Dialect
+
+    @property
+    def hosts(self) -> dict[str, str]:
+        """For a URL with several hosts: each host's outcome at the last connect
+        (``ok``, ``refused``, ``read-only``...). Empty otherwise."""
 
     async def start(self) -> None:
         """Prepare (e.g. keep an in-memory SQLite database alive). Called once."""

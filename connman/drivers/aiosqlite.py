@@ -38,15 +38,19 @@ _memory_ids = itertools.count(1)
 class AiosqliteConnection:
     """One aiosqlite connection (a sqlite3 connection on its own thread)."""
 
-    __slots__ = ("_pragmas", "_stopping", "raw")
+    __slots__ = ("_pragmas", "_stopping", "raw", "server")
+
+    demoted = False  # a SQLite file has no standby
 
     def __init__(
         self,
         raw: aiosqlite.Connection,
         pragmas: tuple[str, ...],
         stopping: set[asyncio.Future[Any]],
+        server: str = "",
     ) -> None:
         self.raw = raw
+        self.server = server
         self._pragmas = pragmas
         self._stopping = stopping
 
@@ -57,6 +61,9 @@ class AiosqliteConnection:
         return not self.is_closed()
 
     def checked(self) -> None:
+        return None
+
+    def saw_error(self, exc: BaseException) -> None:
         return None
 
     def is_lost_error(self, exc: BaseException) -> bool:
@@ -104,9 +111,14 @@ class AiosqliteDriver:
 
     dialect: Dialect = "sqlite"
 
+    @property
+    def hosts(self) -> dict[str, str]:
+        return {}
+
     def __init__(self, url: DatabaseURL, config: PoolConfig) -> None:
         assert url.database is not None
         self._config = config
+        self._url = url
         self._anchor: sqlite3.Connection | None = None
         self._stopping: set[asyncio.Future[Any]] = set()
         query = dict(url.query)
@@ -164,7 +176,7 @@ class AiosqliteDriver:
         except BaseException:
             await raw.close()
             raise
-        return AiosqliteConnection(raw, self._pragmas, self._stopping)
+        return AiosqliteConnection(raw, self._pragmas, self._stopping, self._url.database or "")
 
     async def stop(self) -> None:
         if self._stopping:

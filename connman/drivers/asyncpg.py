@@ -16,11 +16,22 @@ What the server does not report (search_path before PG 18, advisory locks, temp 
 cursors WITH HOLD, sequence caches) needs ``Lease.request_full_reset()``, which runs
 :data:`FULL_RESET`. Never cleaned: prepared statements (asyncpg's cache owns them) and
 type codecs set with ``set_type_codec`` (client-side, per connection).
+
+Failover. A URL with several hosts (``postgresql://u@h1:5432,h2:5432/db``) wants the
+writable one: ``target_session_attrs=read-write`` unless the URL says otherwise. The
+driver tries the hosts in order itself (not asyncpg's loop, which keeps only the last
+error) so that every host's outcome is known (:attr:`AsyncpgDriver.hosts`, and the
+:class:`~connman.diagnose.HostsFailed` message). A connection of a writable pool that
+meets a read-only server afterwards (SQLSTATE 25006 through a lease, or the server's
+``in_hot_standby``/``default_transaction_read_only`` reports) is checked at release
+(``pg_is_in_recovery()``); if the server is read-only the connection is ``demoted``
+and the pool retires every connection to that server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 from typing import Any, cast
 
@@ -28,7 +39,9 @@ import asyncpg
 
 from connman import tls
 from connman.config import PoolConfig
+from connman.diagnose import HostsFailed, host_outcome
 from connman.drivers import BROKEN, CLEAN, DIRTY, NEEDS_FULL_RESET
+from connman.errors import UnavailableReason
 from connman.logging import get_logger
 from connman.urls import DatabaseURL, Dialect
 
@@ -50,6 +63,18 @@ DISCARD SEQUENCES;
 # upgrade): a difference in these is not the lease's doing and RESET cannot undo it.
 _SERVER_OWNED = frozenset(
     {"in_hot_standby", "server_version", "server_encoding", "integer_datetimes"}
+)
+
+
+# target_session_attrs values that ask for a writable server.
+_WRITABLE = frozenset({"read-write", "primary"})
+# SQLSTATE read_only_sql_transaction: a write refused by a read-only session or server.
+_READ_ONLY_SQLSTATE = "25006"
+# Is the server itself read-only (not this session)? Asked after the session's own
+# settings were reset, so a lease's SET default_transaction_read_only does not count.
+_SERVER_READ_ONLY = (
+    "SELECT pg_catalog.pg_is_in_recovery() "
+    "OR pg_catalog.current_setting('default_transaction_read_only')::bool"
 )
 
 
@@ -107,10 +132,35 @@ class _ReadWatch(asyncio.Protocol):
 class AsyncpgConnection:
     """One asyncpg connection and what we know of its session state."""
 
-    __slots__ = ("_live", "_snapshot", "_watch", "raw")
+    __slots__ = (
+        "_live",
+        "_outcomes",
+        "_recheck",
+        "_snapshot",
+        "_watch",
+        "_writable",
+        "demoted",
+        "raw",
+        "server",
+    )
 
-    def __init__(self, raw: asyncpg.Connection) -> None:
+    def __init__(
+        self,
+        raw: asyncpg.Connection,
+        *,
+        server: str,
+        writable: bool = False,
+        outcomes: dict[str, str] | None = None,
+    ) -> None:
         self.raw = raw
+        self.server = server
+        """``host:port`` this connection reached: the unit of a failover."""
+        self.demoted = False
+        """Found read-only in a writable pool: retire every connection to ``server``."""
+        self._writable = writable
+        self._outcomes = outcomes
+        # A write was refused as read-only: find out at release whether the server is.
+        self._recheck = False
         transport = raw._transport
         self._watch: _ReadWatch | None = None
         if transport is not None and hasattr(transport, "set_protocol"):
@@ -146,6 +196,10 @@ class AsyncpgConnection:
             return True
         return isinstance(exc, asyncpg.InterfaceError) and self.raw.is_closed()
 
+    def saw_error(self, exc: BaseException) -> None:
+        if self._writable and getattr(exc, "sqlstate", None) == _READ_ONLY_SQLSTATE:
+            self._recheck = True
+
     def verdict(self, failed: bool) -> int:
         raw = self.raw
         # Connection.is_closed() and is_in_transaction() spelled out on the protocol:
@@ -166,6 +220,7 @@ class AsyncpgConnection:
             or (self._live is None and not self._parameters_unchanged())
             # Something arrived after the last ReadyForQuery (a FATAL?): reset pings.
             or (self._watch is not None and self._watch.suspect)
+            or self._recheck
         ):
             return DIRTY
         return CLEAN
@@ -207,7 +262,21 @@ class AsyncpgConnection:
             await raw.execute(FULL_RESET)
         elif not self._parameters_unchanged():
             await raw.execute("RESET ALL")
+        if self._writable and (self._recheck or self._reports_read_only()):
+            self._recheck = False
+            if await raw.fetchval(_SERVER_READ_ONLY):
+                self.demoted = True
+                if self._outcomes is not None:
+                    self._outcomes[self.server] = "read-only"
+                return False
         return self._accept_parameters()
+
+    def _reports_read_only(self) -> bool:
+        """The server reported itself read-only (PG 14+ sends both on change)."""
+        live = self._live
+        return live is not None and (
+            live.get("in_hot_standby") == "on" or live.get("default_transaction_read_only") == "on"
+        )
 
     def _accept_parameters(self) -> bool:
         """After a reset: clean if every session-settable parameter is back."""
@@ -249,6 +318,18 @@ class AsyncpgDriver:
             )
         self._dsn = url.connect_dsn()
         self._config = config
+        self._url = url
+        params = {k.lower(): v for k, v in url.query}
+        target = params.get("target_session_attrs")
+        if target is None and url.hosts:
+            target = "read-write"  # several hosts: the default pool writes
+        self._target = target
+        self._writable = target in _WRITABLE
+        # Several hosts and a writable target: connect host by host (see the module
+        # doc). Other targets (prefer-standby...) are asyncpg's own multi-host loop.
+        self._each_host = self._host_urls(url) if self._writable and url.hosts else ()
+        self._outcomes: dict[str, str] = {}
+        self._where = _where(url)
         # An application_name in the URL wins over the configured default.
         named = any(k.lower() == "application_name" for k, _ in url.query)
         self._server_settings = None if named else {"application_name": config.application_name}
@@ -258,19 +339,36 @@ class AsyncpgDriver:
         self._pooler_logged = False
         self._log = get_logger("connman.pool", pool=url.redacted())
 
+    @property
+    def hosts(self) -> dict[str, str]:
+        """Each host's outcome at the last connect (``ok``, ``refused``, ``read-only``...)
+        for a multi-host URL; a host found read-only later says so too. Empty else."""
+        return dict(self._outcomes)
+
+    @staticmethod
+    def _host_urls(url: DatabaseURL) -> tuple[tuple[str, DatabaseURL], ...]:
+        query = tuple((k, v) for k, v in url.query if k.lower() != "target_session_attrs")
+        return tuple(
+            (
+                f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                dataclasses.replace(url, host=host, port=port, query=query),
+            )
+            for host, port in url.hosts
+        )
+
     async def start(self) -> None:
         return None
 
     async def connect(self) -> AsyncpgConnection:
         provider = self._config.credential_provider
         try:
-            raw = await self._connect()
+            raw, server = await self._connect()
         except asyncpg.InvalidAuthorizationSpecificationError:
             if provider is None:
                 raise
             # The secret may have rotated since the provider last answered: ask it
             # again (asyncpg calls it per connect) before the pool fails its waiters.
-            raw = await self._connect()
+            raw, server = await self._connect()
         if self._probe:
             try:
                 async with asyncio.timeout(self._config.connect_timeout):
@@ -280,14 +378,46 @@ class AsyncpgDriver:
                 raise
             if not pooled:
                 _enable_statement_cache(raw, self._config.statement_cache_size)
-        return AsyncpgConnection(raw)
+        return AsyncpgConnection(
+            raw, server=server, writable=self._writable, outcomes=self._outcomes
+        )
 
-    async def _connect(self) -> asyncpg.Connection:
+    async def _connect(self) -> tuple[asyncpg.Connection, str]:
+        """A new connection and the ``host:port`` it reached."""
+        if not self._each_host:
+            return await self._connect_to(self._dsn, self._config.connect_timeout), self._where
+        # connect_timeout bounds the whole walk: each host gets a fair share of what
+        # is left, so one host that swallows packets cannot starve the others.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.connect_timeout
+        outcomes: list[tuple[str, str]] = []
+        reasons: list[UnavailableReason] = []
+        for i, (where, url) in enumerate(self._each_host):
+            share = (deadline - loop.time()) / (len(self._each_host) - i)
+            try:
+                raw = await self._connect_to(url.connect_dsn(), max(share, 0.001))
+            except Exception as exc:
+                what, reason = host_outcome(exc, url)
+                outcomes.append((where, what))
+                reasons.append(reason)
+                continue
+            self._record([*outcomes, (where, "ok")])
+            return raw, where
+        self._record(outcomes)
+        raise HostsFailed(outcomes, reasons)
+
+    def _record(self, outcomes: list[tuple[str, str]]) -> None:
+        # In place: connections hold this dict to mark their server read-only.
+        self._outcomes.clear()
+        self._outcomes.update(outcomes)
+
+    async def _connect_to(self, dsn: str, timeout: float) -> asyncpg.Connection:
         cfg = self._config
         return await asyncpg.connect(
-            self._dsn,
+            dsn,
             password=cfg.credential_provider,
-            timeout=cfg.connect_timeout,
+            timeout=timeout,
+            target_session_attrs=self._target,
             command_timeout=cfg.command_timeout,
             # With the probe, the cache starts off and is turned on once the server
             # is known to be PostgreSQL itself.
@@ -329,6 +459,11 @@ class AsyncpgDriver:
         return isinstance(
             exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidCatalogNameError
         ) or tls.is_verification_failure(exc)
+
+
+def _where(url: DatabaseURL) -> str:
+    host = url.host or "localhost"
+    return f"[{host}]:{url.port}" if ":" in host and "," not in host else f"{host}:{url.port}"
 
 
 def _enable_statement_cache(raw: asyncpg.Connection, size: int) -> None:

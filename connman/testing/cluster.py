@@ -148,6 +148,22 @@ class LocalCluster:
         self.stop(mode)
         self.start()
 
+    def make_standby_of(self, primary: LocalCluster) -> None:
+        """Replace this (stopped) cluster's data with a base backup of ``primary``
+        (``pg_basebackup -R``: it starts as a streaming standby of it). For failover
+        tests, and for an old primary rejoining as a standby of the new one."""
+        self.stop()
+        shutil.rmtree(self.data, ignore_errors=True)
+        self._run(
+            "pg_basebackup",
+            *("-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres"),
+            *("-D", str(self.data), "-R", "-X", "stream", "-c", "fast", "--no-sync"),
+        )
+
+    def promote(self) -> None:
+        """Promote a standby to primary and wait until it accepts writes."""
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-t", "60", "promote")
+
     def require_password(self, method: str = "scram-sha-256") -> None:
         """Make every role except the superuser ``postgres`` authenticate with a
         password over TCP (``method``: ``scram-sha-256`` or ``md5``); ``postgres``

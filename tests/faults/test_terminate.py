@@ -199,6 +199,15 @@ async def _read_goodbye_between_operations(raw, sock, admin, app: str) -> None:
     assert not raw.is_closed()  # asyncpg does not know yet
 
 
+def _let_go(raw, sock) -> None:
+    """Undo :func:`_read_goodbye_between_operations`' hold on the socket."""
+    if sock is None:
+        return
+    if not raw.is_closed():
+        raw._transport.resume_reading()
+    sock.close()
+
+
 async def test_goodbye_read_during_a_lease_never_reaches_the_next_lease(
     postgres_database, make_manager
 ):
@@ -262,10 +271,7 @@ async def test_driver_internal_error_reaches_the_holder_as_a_lost_connection(
         async with manager.lease("next", timeout=5) as lease:
             assert await lease.connection.fetchval("SELECT 1") == 1
     finally:
-        if sock is not None and not raw.is_closed():
-            raw._transport.resume_reading()
-        if sock is not None:
-            sock.close()
+        _let_go(raw if sock is not None else None, sock)
         await admin.close()
 
 
@@ -360,3 +366,40 @@ async def test_a_thousand_terminations_under_load(postgres_database, make_manage
     assert counters(manager)["connections_lost"] >= TERMINATIONS // 2
     async with manager.lease("after", timeout=5) as lease:
         assert await lease.connection.fetchval("SELECT 1") == 1
+
+
+async def test_driver_internal_error_reaches_an_engine_user_as_a_lost_connection(
+    postgres_database, make_manager
+):
+    """The same through the SQLAlchemy engine, whose errors never pass a lease's
+    ``async with``: the caller sees ConnectionLost (SQLAlchemy's and asyncpg's errors
+    as its causes), never asyncpg's internal state, and the engine works afterwards."""
+    from sqlalchemy import text
+
+    from connman.adapters.sqlalchemy import create_async_engine
+
+    app = app_name("internal_sa")
+    manager = await make_manager(postgres_database, application_name=app, min_size=1, max_size=1)
+    engine = create_async_engine(manager)
+    admin = await admin_connect(postgres_database)
+    sock = None
+    try:
+        with pytest.raises(ConnectionLost) as caught:
+            async with engine.connect() as conn:
+                assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+                raw = (await conn.get_raw_connection()).driver_connection
+                sock = socket.socket(
+                    fileno=os.dup(raw._transport.get_extra_info("socket").fileno())
+                )
+                await _read_goodbye_between_operations(raw, sock, admin, app)
+                await conn.execute(text("SELECT 2"))
+        # SQLAlchemy chains it to its DBAPI adapter's error, itself from asyncpg's.
+        assert isinstance(caught.value.__cause__.__cause__, asyncpg.InternalClientError)
+        assert counters(manager)["connections_lost"] == 1
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT 3"))).scalar() == 3
+        assert manager.stats()[0].in_use == 0
+    finally:
+        _let_go(raw if sock is not None else None, sock)
+        await admin.close()
+        await engine.dispose()

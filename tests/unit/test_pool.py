@@ -33,6 +33,11 @@ class FakeConnection:
         self.closed = False
         self.terminated = False
         self.broken = False
+        self.server = "fake:5432"
+        self.demoted = False
+
+    def saw_error(self, exc: BaseException) -> None:
+        return None
 
     def is_closed(self) -> bool:
         return self.closed
@@ -69,6 +74,7 @@ class FakeDriver:
         self.opened: list[FakeConnection] = []
         self.attempts: list[float] = []  # loop time of each connect attempt
         self.fail_with: Callable[[], Exception] | None = None
+        self.hosts: dict[str, str] = {}
 
     async def start(self) -> None:
         return None

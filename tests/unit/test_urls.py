@@ -493,3 +493,19 @@ def test_placeholder_form_can_be_pasted_and_filled_in() -> None:
     assert parse_url(url.with_placeholder().replace("<password>", "Fill-Me-1", 1)).password == (
         "Fill-Me-1"
     )
+
+
+def test_multi_host_url_lists_each_host_and_port() -> None:
+    url = parse_url("postgresql://u:pw@H1:5601,h2:5602,h3/db")
+    assert url.hosts == (("h1", 5601), ("h2", 5602), ("h3", 5432))
+    assert url.key == "postgresql+asyncpg://u:pw@h1:5601,h2:5602,h3/db"
+    assert parse_url("postgresql://[::1]:5601,[::2]/db").hosts == (("::1", 5601), ("::2", 5432))
+    assert parse_url("postgresql://h1:5601/db").hosts == ()
+
+
+@pytest.mark.parametrize(
+    "raw", ["postgresql://h1:x,h2/db", "postgresql://,h2/db", "postgresql://h1:,h2/db"]
+)
+def test_malformed_host_list_is_a_config_error(raw: str) -> None:
+    with pytest.raises(ConfigError, match=r"host list|port"):
+        parse_url(raw)

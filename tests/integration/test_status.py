@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import sqlite3
 import threading
@@ -18,21 +19,12 @@ from connman import metrics as cm_metrics
 from connman.cli import main
 from connman.urls import parse_url
 
-_ENV = (
-    "KGENTS_DATABASE_URL",
-    "KGENTS_POSTGRES_URL",
-    "KGENTS_STORAGE_TIER",
-    "KGENTS_STORAGE_STRICT",
-    "KGENTS_UNIFIED_URL",
-    "KGENTS_DGENT_BACKEND",
-    "XDG_DATA_HOME",
-)
-
 
 @pytest.fixture
 def env(monkeypatch, tmp_path) -> pytest.MonkeyPatch:
-    for name in _ENV:
-        monkeypatch.delenv(name, raising=False)
+    # Storage settings of the environment, not the test plugin's CONNMAN_ ones.
+    for name in [k for k in os.environ if k.startswith(("KGENTS_", "XDG_"))]:
+        monkeypatch.delenv(name)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     (tmp_path / "xdg" / "kgents").mkdir(parents=True)
     return monkeypatch

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,13 +16,20 @@ __all__ = ["Finished", "fresh_env", "run_python"]
 
 # Settings a developer's shell may carry that would change what the code under test
 # resolves or how the pool behaves.
-_PREFIXES = ("KGENTS_", "CONNMAN_", "XDG_")
+STORAGE_PREFIXES = ("KGENTS_", "CONNMAN_", "XDG_")
+"""Variables that steer storage, pools or the test plugin: a fresh user has none."""
+
+
+def without_storage_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) less every variable of STORAGE_PREFIXES."""
+    source = os.environ if env is None else env
+    return {k: v for k, v in source.items() if not k.startswith(STORAGE_PREFIXES)}
 
 
 def fresh_env(home: Path, **settings: str) -> dict[str, str]:
     """The environment of a fresh user: ``HOME`` under ``home``, no XDG, kgents or
     connman variable but ``settings`` (e.g. ``KGENTS_DATABASE_URL=...``)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_PREFIXES)}
+    env = without_storage_env()
     home.mkdir(parents=True, exist_ok=True)
     env["HOME"] = str(home)
     env.update(settings)

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -14,19 +13,11 @@ import pytest
 
 import connman
 from connman.cli import _parser, main
-
-_STORAGE_ENV = (
-    "KGENTS_DATABASE_URL",
-    "KGENTS_POSTGRES_URL",
-    "KGENTS_STORAGE_TIER",
-    "KGENTS_STORAGE_STRICT",
-    "KGENTS_UNIFIED_URL",
-    "KGENTS_DGENT_BACKEND",
-)
+from tests.support.userproc import without_storage_env
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in _STORAGE_ENV}
+    clean = without_storage_env()
     return subprocess.run(
         [sys.executable, "-m", "connman.cli", *args],
         capture_output=True,

@@ -194,11 +194,7 @@ class LocalCluster:
         replica = LocalCluster(
             self.bindir, max_connections=self._max_connections, settings=self.settings
         )
-        shutil.rmtree(replica.data)
-        replica._run(
-            "pg_basebackup", "-D", str(replica.data), "-R", "-X", "stream", "-c", "fast",
-            "-d", self.dsn,
-        )  # fmt: skip
+        replica.make_standby_of(self)
         return replica
 
     def destroy(self) -> None:

@@ -120,7 +120,7 @@ def _help_of(sub: Any, name: str) -> str:
 def _subcommands() -> list[Callable[[Any], None]]:
     """``register(subparsers)`` functions of the modules that add subcommands."""
     # Light imports: SQLAlchemy and the adapters load only when a command runs.
-    from connman import coherence, demo
+    from connman.kgents import coherence, demo
     from connman.migrate import cli as migrate_cli
 
     return [demo.register_cli, coherence.register_cli, migrate_cli.register_cli]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from connman.diagnose import diagnose
 from connman.errors import ConnmanError, PoolUnavailable, UnavailableReason
-from connman.schema import TRACKS
+from connman.kgents.schema import TRACKS
 from connman.urls import DatabaseURL, parse_url, redact_text
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import text
 
 from connman.errors import InvalidInput, QueryParameterError
-from connman.schema.models import sqlalchemy_dialect
+from connman.kgents.schema.models import sqlalchemy_dialect
 
 __all__ = ["bind", "bind_many", "compile_query"]
 

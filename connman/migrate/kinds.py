@@ -5,7 +5,7 @@ point in time...), whatever the dialect calls it. Each side of a migration maps 
 declared types to kinds (:func:`from_postgres`, :func:`from_sqlite`), the target's
 types decide the conversions, and the kind picks the DDL for a table that has to be
 created (:func:`postgres_ddl`, :func:`sqlite_ddl`). Tables connman knows take their
-kinds from :mod:`connman.schema`; others are inferred from SQLite's declared types
+kinds from :mod:`connman.kgents.schema`; others are inferred from SQLite's declared types
 and the values themselves (:func:`infer_sqlite`), and the choice is reported.
 """
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from connman.kgents.schema import TableSpec
 from connman.migrate.convert import RowConverter, converter_for
 from connman.migrate.errors import SchemaIncompatible
 from connman.migrate.kinds import (
@@ -38,7 +39,6 @@ from connman.migrate.kinds import (
 from connman.migrate.model import Catalog, ForeignKey, Table
 from connman.migrate.pgcopy import encoders_for
 from connman.migrate.sqlite_side import quote_ident
-from connman.schema import TableSpec
 
 __all__ = ["PlannedColumn", "TablePlan", "check_compatible", "order_tables", "plan_table"]
 
@@ -524,7 +524,7 @@ def check_compatible(plan: TablePlan, target: Table | None, *, name: str) -> Non
 def catalog_specs(catalog: Catalog) -> dict[str, TableSpec]:
     """connman's TableSpecs of the tables in ``catalog`` (imports SQLAlchemy only
     when a SQLAlchemy-track table is there)."""
-    from connman.schema import TRACKS, table_specs
+    from connman.kgents.schema import TRACKS, table_specs
 
     specs: dict[str, TableSpec] = {}
     for track, names in TRACKS.items():

@@ -28,7 +28,7 @@ from connman.adapters.sqlalchemy import create_async_engine, serving_url
 
 config = context.config
 
-# Models for `alembic revision --autogenerate`, e.g. connman.schema.models.Base.metadata.
+# Models for `alembic revision --autogenerate`, e.g. connman.kgents.schema.models.Base.metadata.
 target_metadata = None
 
 # The connman consumer of the migration's lease (its own limit and metrics).

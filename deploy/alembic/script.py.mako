@@ -4,7 +4,7 @@ Revision ID: ${up_revision}
 Revises: ${down_revision | comma,n}
 Create Date: ${create_date}
 
-Write it once for PostgreSQL and SQLite: the branches live in connman.schema.dialect
+Write it once for PostgreSQL and SQLite: the branches live in connman.kgents.schema.dialect
 (autoincrement_pk, now_sql, json_ddl, insert_or_ignore, by_dialect, is_sqlite...).
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 ${imports if imports else ""}
-from connman.schema import dialect
+from connman.kgents.schema import dialect
 
 revision: str = ${repr(up_revision)}
 down_revision: str | Sequence[str] | None = ${repr(down_revision)}

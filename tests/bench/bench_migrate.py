@@ -56,7 +56,7 @@ from pathlib import Path
 
 import asyncpg
 
-from connman.schema import table_specs
+from connman.kgents.schema import table_specs
 from connman.testing.cluster import LocalCluster
 
 RESULTS = Path(__file__).with_name("RESULTS.md")

@@ -16,9 +16,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from connman import ConnectionManager, PoolStats, ReplicaPolicy
-from connman.adapters.brain import BrainStore
-from connman.adapters.dgent import Datum, DgentStore
 from connman.adapters.sqlalchemy import create_async_engine
+from connman.kgents.brain import BrainStore
+from connman.kgents.dgent import Datum, DgentStore
 from connman.metrics import Metrics
 from connman.status import pool_report
 from connman.testing.cluster import LocalCluster

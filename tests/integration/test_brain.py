@@ -20,12 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from connman import ConnectionManager, PoolConfig, parse_url
-from connman.adapters.brain import BrainStore
-from connman.adapters.dgent import Datum, DgentStore
 from connman.cli import main
-from connman.coherence import check_coherence
 from connman.errors import InvalidInput, PoolClosed, QueryParameterError
-from connman.schema.models import Crystal, CrystalTag
+from connman.kgents.brain import BrainStore
+from connman.kgents.coherence import check_coherence
+from connman.kgents.dgent import Datum, DgentStore
+from connman.kgents.schema.models import Crystal, CrystalTag
 from tests.support.helpers import RecordingObserver
 
 # Module-level anyio mark: see tests/integration/test_dgent.py.

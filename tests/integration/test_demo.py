@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from connman import ConnectionManager
-from connman.adapters.brain import BrainStore
+from connman.kgents.brain import BrainStore
 from tests.support.faultkit import wait_until
 from tests.support.userproc import fresh_env
 

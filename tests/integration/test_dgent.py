@@ -13,8 +13,8 @@ import anyio
 import pytest
 
 from connman import ConnectionManager, PoolConfig, resolve_storage
-from connman.adapters.dgent import Datum, DgentStore, _list_query, content_id
 from connman.errors import CausalParentMissing, DatumConflict, InvalidInput
+from connman.kgents.dgent import Datum, DgentStore, _list_query, content_id
 
 # The anyio mark at module level, not only added by conftest after collection: anyio's
 # plugin rebuilds items it finds unmarked at the end of collection, dropping their

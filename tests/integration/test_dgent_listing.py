@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from connman import ConnectionManager, PoolConfig
-from connman.adapters.dgent import DgentStore
+from connman.kgents.dgent import DgentStore
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 

@@ -1,4 +1,4 @@
-"""kgents' storage interfaces on connman (connman.adapters.kgents), on a real PostgreSQL
+"""kgents' storage interfaces on connman (connman.kgents.compat), on a real PostgreSQL
 and on SQLite files: the contract kgents' callers rely on, pinned on both dialects,
 and one process using all of them at once through one pool per database."""
 
@@ -17,9 +17,9 @@ from sqlalchemy import select
 
 import connman
 from connman import ConnectionManager, PoolConfig, QueryParameterError
-from connman.adapters import kgents
-from connman.adapters.dgent import DgentStore
-from connman.adapters.kgents import (
+from connman.errors import CausalParentMissing, ConfigError, DatumConflict, InvalidInput
+from connman.kgents import compat as kgents
+from connman.kgents.compat import (
     Datum,
     DgentProtocol,
     IRelationalStore,
@@ -28,8 +28,8 @@ from connman.adapters.kgents import (
     SQLiteBackend,
     SQLiteRelationalStore,
 )
-from connman.errors import CausalParentMissing, ConfigError, DatumConflict, InvalidInput
-from connman.schema.models import Crystal
+from connman.kgents.dgent import DgentStore
+from connman.kgents.schema.models import Crystal
 from connman.urls import DatabaseURL, parse_url
 
 pytestmark = pytest.mark.anyio

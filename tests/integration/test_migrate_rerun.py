@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from connman import ConnectionManager
-from connman.adapters.dgent import Datum, DgentStore
+from connman.kgents.dgent import Datum, DgentStore
 from connman.testing.cluster import LocalCluster
 from tests.support.faultkit import wait_until
 from tests.support.membrane_factory import make_membrane

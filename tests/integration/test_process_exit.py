@@ -31,7 +31,7 @@ _UNCLOSED = {
     """,
     "dgent_store_without_manager": """
         import asyncio
-        from connman.adapters.dgent import Datum, DgentStore
+        from connman.kgents.dgent import Datum, DgentStore
 
         async def main():
             store = DgentStore()
@@ -42,7 +42,7 @@ _UNCLOSED = {
     """,
     "brain_store_without_manager": """
         import asyncio
-        from connman.adapters.brain import BrainStore
+        from connman.kgents.brain import BrainStore
 
         async def main():
             store = BrainStore()

@@ -37,7 +37,7 @@ from sqlalchemy.util import greenlet_spawn
 import connman
 from connman import AcquireTimeout, ConfigError, ConnectionManager, ConnmanError, PoolConfig
 from connman.adapters.sqlalchemy import PoolTimeout, create_async_engine
-from connman.schema.types import AwareDateTime
+from connman.kgents.schema.types import AwareDateTime
 from tests.support.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

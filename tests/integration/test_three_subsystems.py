@@ -16,12 +16,12 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from connman import ConnectionManager, PoolConfig
-from connman.adapters.brain import BrainStore
-from connman.adapters.dgent import Datum, DgentStore
 from connman.adapters.sqlalchemy import create_async_engine
 from connman.cli import main
-from connman.coherence import check_coherence
-from connman.schema.models import BrainSettings
+from connman.kgents.brain import BrainStore
+from connman.kgents.coherence import check_coherence
+from connman.kgents.dgent import Datum, DgentStore
+from connman.kgents.schema.models import BrainSettings
 from tests.support.faultkit import PeakMonitor, wait_until
 from tests.support.pg_access import create_role, drop_role, with_role
 

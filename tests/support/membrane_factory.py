@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from connman.schema import table_specs
+from connman.kgents.schema import table_specs
 
 BIG_BLOB_ID = "big-blob"
 BAD_CRYSTAL_ID = "crystal-bad-time"

@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from connman.schema import TRACKS, table_spec, table_specs
+from connman.kgents.schema import TRACKS, table_spec, table_specs
 
 
 def test_every_track_table_has_a_spec_in_dependency_order() -> None:

@@ -1,4 +1,4 @@
-"""connman.schema.dialect: the branches migrations no longer write themselves.
+"""connman.kgents.schema.dialect: the branches migrations no longer write themselves.
 
 Inside a running migration (no ``bind``) the helpers are exercised by the example
 revision in deploy/alembic, which the integration tests upgrade and downgrade on
@@ -15,7 +15,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.dialects import postgresql, sqlite
 
 from connman import ConfigError
-from connman.schema import (
+from connman.kgents.schema import (
     autoincrement_pk,
     by_dialect,
     dialect_name,

@@ -6,7 +6,7 @@ Create Date: 2026-11-26
 
 What kgents' revisions spelled as ``if is_postgres(): ... else: ...`` (SERIAL vs
 INTEGER PRIMARY KEY AUTOINCREMENT, NOW() vs datetime('now'), ON CONFLICT DO NOTHING
-vs INSERT OR IGNORE, JSONB vs JSON) comes from connman.schema.dialect; the one step
+vs INSERT OR IGNORE, JSONB vs JSON) comes from connman.kgents.schema.dialect; the one step
 that exists on PostgreSQL only (a GIN index) is skipped on SQLite.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-from connman.schema import dialect
+from connman.kgents.schema import dialect
 
 revision: str = "0001"
 down_revision: str | Sequence[str] | None = None

@@ -19,8 +19,8 @@ from typing import Literal, get_args
 
 from connman.adapters._raw import RawSQL, transaction
 from connman.errors import ConfigError
+from connman.kgents.schema.spec import DIALECTS, TableSpec
 from connman.manager import Lease
-from connman.schema.spec import DIALECTS, TableSpec
 
 __all__ = ["Reads", "SchemaGate", "SchemaPlan", "check_reads", "plan_for"]
 

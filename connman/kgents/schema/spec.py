@@ -94,7 +94,7 @@ class TableSpec:
 
     name: str
     track: str
-    """``dgent``, ``brain`` or ``sqlalchemy`` (see :data:`connman.schema.TRACKS`)."""
+    """``dgent``, ``brain`` or ``sqlalchemy`` (see :data:`connman.kgents.schema.TRACKS`)."""
     columns: tuple[ColumnSpec, ...]
     primary_key: tuple[str, ...]
     foreign_keys: tuple[ForeignKeySpec, ...] = ()

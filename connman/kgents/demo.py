@@ -85,9 +85,9 @@ async def run_demo(
     Unless ``keep``, they are removed before this returns or raises, a cancellation
     (Ctrl-C) included."""
     from connman import metrics
-    from connman.adapters.brain import BrainStore
-    from connman.adapters.dgent import DgentStore
     from connman.adapters.sqlalchemy import create_async_engine
+    from connman.kgents.brain import BrainStore
+    from connman.kgents.dgent import DgentStore
 
     out = out or sys.stdout
     storage = resolve_storage()
@@ -142,7 +142,7 @@ async def run_demo(
                     )
         finally:
             sampler.cancel()
-        from connman.coherence import check_coherence
+        from connman.kgents.coherence import check_coherence
 
         coherence = await check_coherence(manager)
         report.coherent = coherence.coherent
@@ -180,7 +180,7 @@ def run_prefix(run_id: str) -> str:
 
 
 async def _dgent(store: Any, worker: str, deadline: float, report: DemoReport) -> None:
-    from connman.adapters.dgent import Datum
+    from connman.kgents.dgent import Datum
 
     parent: str | None = None
     n = 0
@@ -222,7 +222,7 @@ async def _orm(engine: Any, worker: str, deadline: float, report: DemoReport) ->
     from sqlalchemy import select
     from sqlalchemy.ext.asyncio import async_sessionmaker
 
-    from connman.schema.models import BrainSettings, Crystal
+    from connman.kgents.schema.models import BrainSettings, Crystal
 
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     settings_id = worker
@@ -267,7 +267,7 @@ async def _sample_peak(manager: ConnectionManager, report: DemoReport) -> None:
 async def _clean_up(manager: ConnectionManager, prefix: str) -> None:
     """Remove one run's rows (ids starting with ``prefix``, which holds no LIKE
     wildcard), in one transaction per database."""
-    from connman.adapters.brain import BrainStore
+    from connman.kgents.brain import BrainStore
 
     like = {"p": f"{prefix}%"}
     async with BrainStore(manager, consumer="demo").transaction() as tx:

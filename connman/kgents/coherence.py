@@ -33,7 +33,7 @@ from connman.errors import ConfigError, ConnmanError
 from connman.urls import redact_text
 
 if TYPE_CHECKING:
-    from connman.adapters.brain import BrainTransaction
+    from connman.kgents.brain import BrainTransaction
     from connman.manager import ConnectionManager
 
 __all__ = ["CoherenceReport", "check_coherence", "register_cli"]
@@ -95,7 +95,7 @@ async def check_coherence(
 
     Creates the Brain tables if they do not exist (then: coherent, empty).
     """
-    from connman.adapters.brain import BrainStore
+    from connman.kgents.brain import BrainStore
 
     store = BrainStore(manager, consumer=consumer, url=url)
     # One transaction even for a check: one snapshot, and the repair's inserts go
@@ -130,8 +130,8 @@ async def _repair(
     orphan_captures: list[dict[str, Any]],
     orphan_crystals: list[dict[str, Any]],
 ) -> CoherenceReport:
-    from connman.adapters.brain import content_hash, summarize
-    from connman.schema import models
+    from connman.kgents.brain import content_hash, summarize
+    from connman.kgents.schema import models
 
     table = models.CRYSTALS
     now = models.utcnow()

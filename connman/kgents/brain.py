@@ -8,11 +8,11 @@ connman leases of the consumer ``brain``, PostgreSQL or SQLite alike. Queries us
 On top of it, ``capture`` closes the protocol's coherence gap: the ``captures`` row
 and its ``brain_crystals`` row (same id) and the crystal's tag rows are written in
 one transaction on one leased connection, so either all exist or none does.
-:mod:`connman.coherence` checks (and repairs) databases written before that.
+:mod:`connman.kgents.coherence` checks (and repairs) databases written before that.
 
 The Brain store creates its tables on first use: ``captures`` from
-:mod:`connman.schema.brain`, and the SQLAlchemy track's tables from the models in
-:mod:`connman.schema.models`, compiled for the lease's dialect (one definition).
+:mod:`connman.kgents.schema.brain`, and the SQLAlchemy track's tables from the models in
+:mod:`connman.kgents.schema.models`, compiled for the lease's dialect (one definition).
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from connman.adapters._ddl import Reads, SchemaGate, check_reads, plan_for
 from connman.adapters._params import bind, bind_many
 from connman.adapters._raw import RawSQL, transaction
 from connman.errors import InvalidInput, PoolClosed
+from connman.kgents._ddl import Reads, SchemaGate, check_reads, plan_for
+from connman.kgents.schema import brain as brain_schema
+from connman.kgents.schema import models
 from connman.manager import ConnectionManager, Lease, get_manager
-from connman.schema import brain as brain_schema
-from connman.schema import models
 from connman.urls import redact_text
 
 __all__ = ["BrainQueries", "BrainStore", "BrainTransaction", "Capture", "summarize"]

@@ -5,7 +5,7 @@ with an ``is_postgres()`` of their own and an ``if``/``else`` around every state
 that differs. These helpers carry the branches instead::
 
     from alembic import op
-    from connman.schema.dialect import autoincrement_pk, insert_or_ignore, is_sqlite, now_sql
+    from connman.kgents.schema.dialect import autoincrement_pk, insert_or_ignore, is_sqlite, now_sql
 
     def upgrade() -> None:
         op.execute(f"CREATE TABLE brain_crystal_tags ({autoincrement_pk()}, tag TEXT NOT NULL,"
@@ -172,7 +172,7 @@ def _migration_dialect() -> str:
     except ImportError:
         raise ConfigError(
             "no bind given and Alembic is not installed: pass a connection (or "
-            "'postgresql'/'sqlite') to the connman.schema.dialect helper"
+            "'postgresql'/'sqlite') to the connman.kgents.schema.dialect helper"
         ) from None
     try:
         migration = context.get_context()

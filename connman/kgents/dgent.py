@@ -2,7 +2,7 @@
 
 ``DgentStore`` implements kgents' D-gent protocol (``put``, ``get``, ``delete``,
 ``list``, ``causal_chain``, ``exists``, ``count``) on table ``data``
-(:mod:`connman.schema.dgent`), PostgreSQL or SQLite, through leases of the consumer
+(:mod:`connman.kgents.schema.dgent`), PostgreSQL or SQLite, through leases of the consumer
 ``dgent`` on the database ``KGENTS_DGENT_BACKEND`` picks (``storage.dgent_url``).
 
 What it guarantees, beyond the old backends:
@@ -19,10 +19,10 @@ What it guarantees, beyond the old backends:
   so that the range is the plan whatever the planner's statistics (see
   ``_list_query``); on SQLite the primary key.
 - **Schema on first use**, idempotent and safe under concurrent first use
-  (:mod:`connman.adapters._ddl`).
+  (:mod:`connman.kgents._ddl`).
 
 ``semantics="kgents"`` gives up the first guarantee for code written against kgents'
-own backends (:mod:`connman.adapters.kgents` uses it): ``put`` overwrites, and the
+own backends (:mod:`connman.kgents.compat` uses it): ``put`` overwrites, and the
 causal links behave as kgents' backend for the dialect made them (see
 :class:`DgentStore`).
 
@@ -43,7 +43,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from connman.adapters._ddl import Reads, SchemaGate, check_reads, plan_for
 from connman.adapters._raw import RawSQL, transaction
 from connman.errors import (
     AdapterError,
@@ -52,8 +51,9 @@ from connman.errors import (
     DatumConflict,
     InvalidInput,
 )
+from connman.kgents._ddl import Reads, SchemaGate, check_reads, plan_for
+from connman.kgents.schema import dgent as schema
 from connman.manager import ConnectionManager, Lease, get_manager
-from connman.schema import dgent as schema
 
 __all__ = ["Datum", "DgentStore", "Semantics", "content_id", "new_id"]
 

@@ -6,7 +6,7 @@ Everything else is derived from these classes:
 - the ORM (the SQLAlchemy adapter and kgents code map them);
 - the DDL the Brain store runs on its raw lease (:func:`ddl`: SQLAlchemy's own
   ``CreateTable``/``CreateIndex`` compiled for the lease's dialect, ``IF NOT EXISTS``);
-- the :class:`~connman.schema.spec.TableSpec` the migration tool reads (:data:`TABLES`);
+- the :class:`~connman.kgents.schema.spec.TableSpec` the migration tool reads (:data:`TABLES`);
 - the values raw SQL writes (:func:`encode_row` applies each column type's own bind
   processing, so a row the Brain store writes with raw SQL reads back through the
   ORM exactly like one the ORM wrote: on SQLite a datetime is stored as SQLAlchemy's
@@ -43,7 +43,7 @@ from sqlalchemy.engine import Dialect as SADialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from connman.schema.spec import (
+from connman.kgents.schema.spec import (
     DIALECTS,
     ColumnKind,
     ColumnSpec,
@@ -51,7 +51,7 @@ from connman.schema.spec import (
     IndexSpec,
     TableSpec,
 )
-from connman.schema.types import AwareDateTime
+from connman.kgents.schema.types import AwareDateTime
 
 __all__ = [
     "CRYSTALS",
@@ -96,7 +96,7 @@ class Base(DeclarativeBase):
 
 class TimestampMixin:
     """``created_at``/``updated_at``, timezone-aware: ``DateTime(timezone=True)`` in
-    the DDL, through :class:`~connman.schema.types.AwareDateTime` so SQLite stores UTC
+    the DDL, through :class:`~connman.kgents.schema.types.AwareDateTime` so SQLite stores UTC
     and both dialects read back aware UTC datetimes. The server default lets raw SQL
     (and a migration) insert rows without them; the ORM sets them from Python."""
 
@@ -277,7 +277,9 @@ def _kind(column_type: sqltypes.TypeEngine[Any]) -> ColumnKind:
         return "date"
     if isinstance(column_type, sqltypes.String):
         return "text"
-    raise TypeError(f"no column kind for {column_type!r}: add it to connman.schema.models._kind")
+    raise TypeError(
+        f"no column kind for {column_type!r}: add it to connman.kgents.schema.models._kind"
+    )
 
 
 def _spec(table: Table) -> TableSpec:

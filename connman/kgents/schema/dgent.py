@@ -28,7 +28,7 @@ SQLite: BLOB / REAL / TEXT (JSON text). Differences, on purpose:
 
 from __future__ import annotations
 
-from connman.schema.spec import (
+from connman.kgents.schema.spec import (
     DIALECTS,
     ColumnSpec,
     ForeignKeySpec,

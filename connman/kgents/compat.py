@@ -10,7 +10,7 @@ pool per database instead of one per backend object:
   :class:`BaseDgent`;
 - ``agents.d.backends.sqlite.SQLiteBackend`` / ``...postgres.PostgresBackend`` ->
   :class:`SQLiteBackend` / :class:`PostgresBackend`, each a
-  ``DgentStore(semantics="kgents")`` (:mod:`connman.adapters.dgent`);
+  ``DgentStore(semantics="kgents")`` (:mod:`connman.kgents.dgent`);
 - ``protocols.cli.instance_db.interfaces.IRelationalStore`` and its
   ``SQLiteRelationalStore`` / ``PostgresRelationalStore`` -> :class:`IRelationalStore`,
   :class:`SQLiteRelationalStore` / :class:`PostgresRelationalStore` (leases, ``:name``
@@ -50,11 +50,11 @@ from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from connman.adapters._raw import RawSQL, transaction
-from connman.adapters.brain import BrainQueries, BrainTransaction
-from connman.adapters.dgent import Datum, DgentStore
 from connman.adapters.sqlalchemy import create_async_engine
+from connman.kgents.brain import BrainQueries, BrainTransaction
+from connman.kgents.dgent import Datum, DgentStore
+from connman.kgents.schema import models
 from connman.manager import ConnectionManager, Lease, get_manager
-from connman.schema import models
 from connman.urls import DatabaseURL
 
 __all__ = [
@@ -351,7 +351,7 @@ class IRelationalStore(Protocol):
 class _RelationalStore:
     """kgents' relational store on leases: every call leases a connection for its own
     duration (committed when it returns), a transaction holds one lease throughout.
-    Unlike :class:`~connman.adapters.brain.BrainStore`, it creates no table."""
+    Unlike :class:`~connman.kgents.brain.BrainStore`, it creates no table."""
 
     def __init__(self, url: str, *, manager: ConnectionManager | None, consumer: str) -> None:
         self._manager = manager

@@ -5,7 +5,7 @@ Dialect differences live here (and in the drivers), not in the adapters.
 
 from __future__ import annotations
 
-from connman.schema.dialect import (
+from connman.kgents.schema.dialect import (
     autoincrement_pk,
     by_dialect,
     dialect_name,
@@ -15,7 +15,7 @@ from connman.schema.dialect import (
     json_ddl,
     now_sql,
 )
-from connman.schema.spec import ColumnSpec, ForeignKeySpec, IndexSpec, TableSpec
+from connman.kgents.schema.spec import ColumnSpec, ForeignKeySpec, IndexSpec, TableSpec
 
 __all__ = [
     "TRACKS",
@@ -51,11 +51,11 @@ def table_specs(track: str | None = None) -> tuple[TableSpec, ...]:
     table comes after the tables its foreign keys reference. Each
     :class:`TableSpec` gives the columns with their kind and DDL type per dialect,
     the keys, and the DDL. (Imports SQLAlchemy for the ``sqlalchemy`` track.)"""
-    from connman.schema import brain, dgent
+    from connman.kgents.schema import brain, dgent
 
     specs: list[TableSpec] = [*dgent.TABLES, *brain.TABLES]
     if track is None or track == "sqlalchemy":
-        from connman.schema import models
+        from connman.kgents.schema import models
 
         specs.extend(models.TABLES)
     if track is not None:

@@ -13,12 +13,18 @@ text, JSON as text), so existing databases keep working::
 an older table up to date the same way.
 
 Every capture has a ``brain_crystals`` row with the same id (see
-:mod:`connman.schema.models` and :mod:`connman.coherence`).
+:mod:`connman.kgents.schema.models` and :mod:`connman.kgents.coherence`).
 """
 
 from __future__ import annotations
 
-from connman.schema.spec import DIALECTS, ColumnSpec, IndexSpec, TableSpec, render_create_table
+from connman.kgents.schema.spec import (
+    DIALECTS,
+    ColumnSpec,
+    IndexSpec,
+    TableSpec,
+    render_create_table,
+)
 
 __all__ = ["CAPTURES", "TABLES", "UPGRADES"]
 

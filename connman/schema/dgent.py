@@ -1,0 +1,13 @@
+"""Moved to :mod:`connman.kgents.schema.dgent` (kgents' schema).
+
+This path stays for code written before the split; the module object *is* the new
+one (same identity: monkeypatching either name patches both)."""
+
+import importlib
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from connman.kgents.schema.dgent import *  # noqa: F403
+
+sys.modules[__name__] = importlib.import_module("connman.kgents.schema.dgent")

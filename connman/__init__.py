@@ -5,15 +5,17 @@ Resolve storage once (:func:`resolve_storage`), keep one pool per database
 (``manager.lease("dgent")``), and report what happens (:meth:`ConnectionManager.stats`).
 """
 
+from typing import TYPE_CHECKING, Any
+
+from connman import errors
 from connman.config import CredentialProvider, PoolConfig
 from connman.errors import (
+    DOMAIN_ERRORS,
     AcquireTimeout,
     AdapterError,
-    CausalParentMissing,
     ConfigError,
     ConnectionLost,
     ConnmanError,
-    DatumConflict,
     InvalidInput,
     LeaseError,
     PoolClosed,
@@ -26,6 +28,9 @@ from connman.replicas import ReplicaPolicy
 from connman.resolve import Storage, Tier, resolve_storage
 from connman.stats import PoolObserver, PoolStats, ReplicaStatus
 from connman.urls import DatabaseURL, parse_url, redact_text
+
+if TYPE_CHECKING:
+    from connman.kgents.errors import CausalParentMissing, DatumConflict
 
 __all__ = [
     "AcquireTimeout",
@@ -58,3 +63,11 @@ __all__ = [
     "resolve_storage",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # kgents' domain errors (connman.errors loads them on first use, PEP 562):
+    # ``import connman`` imports the core only.
+    if name in DOMAIN_ERRORS:
+        return getattr(errors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

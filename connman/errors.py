@@ -8,15 +8,14 @@ and the fix; they never contain a password (URLs are redacted before they get he
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 __all__ = [
     "AcquireTimeout",
     "AdapterError",
-    "CausalParentMissing",
     "ConfigError",
     "ConnectionLost",
     "ConnmanError",
-    "DatumConflict",
     "InvalidInput",
     "LeaseError",
     "PoolClosed",
@@ -145,10 +144,17 @@ class QueryParameterError(InvalidInput):
     missing name. (A ``:word`` meant literally is written ``\\:word``.)"""
 
 
-class DatumConflict(AdapterError):
-    """``put`` of a datum whose id exists with other content: D-gent data is
-    append-only. The same content again is a no-op, never this error."""
+# -- kgents' domain errors -----------------------------------------------------------
+
+DOMAIN_ERRORS = frozenset({"CausalParentMissing", "DatumConflict"})
+"""D-gent's errors, defined in :mod:`connman.kgents.errors` and reachable here for code
+written before the split; loaded on first use, so importing the core does not import
+the domain."""
 
 
-class CausalParentMissing(AdapterError, LookupError):
-    """``put`` of a datum whose ``causal_parent`` does not exist. Also a ``LookupError``."""
+def __getattr__(name: str) -> Any:
+    if name in DOMAIN_ERRORS:
+        from connman.kgents import errors
+
+        return getattr(errors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

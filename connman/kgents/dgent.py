@@ -44,14 +44,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from connman.adapters._raw import RawSQL, transaction
-from connman.errors import (
-    AdapterError,
-    CausalParentMissing,
-    ConfigError,
-    DatumConflict,
-    InvalidInput,
-)
+from connman.errors import AdapterError, ConfigError, InvalidInput
 from connman.kgents._ddl import Reads, SchemaGate, check_reads, plan_for
+from connman.kgents.errors import CausalParentMissing, DatumConflict
 from connman.kgents.schema import dgent as schema
 from connman.manager import ConnectionManager, Lease, get_manager
 

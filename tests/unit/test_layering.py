@@ -25,7 +25,6 @@ BRIDGES = {
     "connman.cli": "registers the demo and coherence subcommands",
     "connman.status": "reports the database of each storage track (schema.TRACKS)",
     "connman.migrate.plan": "column kinds and DDL of kgents' tables come from their specs",
-    "connman.adapters._params": "compiles :name queries with the schema's SQLAlchemy dialects",
 }
 """Core modules that import ``connman.kgents`` on purpose."""
 

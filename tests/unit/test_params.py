@@ -1,6 +1,8 @@
-""":name parameters compiled for each driver (SQLAlchemy's text() underneath)."""
+""":name parameters rendered for each driver (connman.dialect), with text()'s rules."""
 
 from __future__ import annotations
+
+import sqlite3
 
 import pytest
 
@@ -18,10 +20,12 @@ def test_postgres_gets_numbered_parameters_and_keeps_casts() -> None:
     assert args == [1, 2, "{}"]
 
 
-def test_sqlite_gets_positional_parameters_in_order() -> None:
-    sql, args = bind("SELECT :a, :b, :a FROM t", {"a": 1, "b": 2}, "sqlite")
-    assert sql == "SELECT ?, ?, ? FROM t"
-    assert args == [1, 2, 1]
+def test_sqlite_gets_numbered_parameters_and_runs_them() -> None:
+    sql, args = bind("SELECT :a, :b, :a", {"a": 1, "b": 2}, "sqlite")
+    assert sql == "SELECT ?1, ?2, ?1"
+    assert args == [1, 2]
+    with sqlite3.connect(":memory:") as conn:
+        assert conn.execute(sql, args).fetchone() == (1, 2, 1)
 
 
 def test_an_escaped_colon_is_text() -> None:
@@ -42,7 +46,7 @@ def test_bind_many_checks_every_row() -> None:
     sql, rows = bind_many(
         "INSERT INTO t VALUES (:a, :b)", [{"a": 1, "b": 2}, {"b": 4, "a": 3}], "sqlite"
     )
-    assert (sql, rows) == ("INSERT INTO t VALUES (?, ?)", [[1, 2], [3, 4]])
+    assert (sql, rows) == ("INSERT INTO t VALUES (?1, ?2)", [[1, 2], [3, 4]])
     with pytest.raises(QueryParameterError, match=r"params_list\[1\] has no value for :b"):
         bind_many("INSERT INTO t VALUES (:a, :b)", [{"a": 1, "b": 2}, {"a": 3}], "postgresql")
 

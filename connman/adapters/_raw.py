@@ -1,8 +1,9 @@
 """SQL on a lease's raw connection, the same four calls on asyncpg and aiosqlite.
 
-The adapters write their SQL per dialect already (``$1`` for asyncpg, ``?`` for
-sqlite3) and hand positional arguments here. What differs between the drivers, and
-is settled once in this module:
+The adapters render their SQL for the dialect (``$1`` for asyncpg, ``?1`` for
+sqlite3: :mod:`connman.dialect`, which :attr:`RawSQL.sql` gives) and hand positional
+arguments here. What differs between the drivers is settled once in this module, in
+one :class:`RawSQL` subclass per driver:
 
 - **Commit.** asyncpg runs a statement outside a transaction in autocommit; sqlite3
   (``isolation_level="IMMEDIATE"``) opens a ``BEGIN IMMEDIATE`` before the first write
@@ -25,21 +26,40 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from connman.dialect import SQLDialect, dialect_of
 from connman.manager import Lease
 
 __all__ = ["RawSQL", "transaction"]
 
 
 class RawSQL:
-    """One lease's connection, seen through the same calls on both dialects."""
+    """One lease's connection, seen through the same calls on both dialects.
 
-    __slots__ = ("_autocommit", "_lease", "dialect", "postgres")
+    ``RawSQL(lease, autocommit=...)`` is the calls of the lease's driver (a subclass
+    per driver, picked by the lease's dialect)."""
+
+    __slots__ = ("_autocommit", "_lease", "dialect", "sql")
+
+    dialect: str
+    """``"postgresql"`` or ``"sqlite"``."""
+    sql: SQLDialect
+    """How this connection's SQL spells what differs (:mod:`connman.dialect`)."""
+
+    def __new__(cls, lease: Lease, *, autocommit: bool) -> RawSQL:
+        if cls is RawSQL:
+            cls = _AsyncpgSQL if lease.dialect == "postgresql" else _SqliteSQL
+        return object.__new__(cls)
 
     def __init__(self, lease: Lease, *, autocommit: bool) -> None:
         self._lease = lease
         self.dialect = lease.dialect
-        self.postgres = self.dialect == "postgresql"
+        self.sql = dialect_of(self.dialect)
         self._autocommit = autocommit
+
+    @property
+    def postgres(self) -> bool:
+        """True on PostgreSQL."""
+        return self.sql.postgres
 
     @property
     def _conn(self) -> Any:
@@ -49,9 +69,59 @@ class RawSQL:
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         """Run one statement; the number of rows it affected (0 when it has none)."""
-        if self.postgres:
-            status = await self._conn.execute(sql, *args)
-            return _status_count(status)
+        raise NotImplementedError
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
+        """Run one statement per argument row in one batch (asyncpg pipelines them,
+        sqlite3 steps one prepared statement); atomic on both. The number of rows."""
+        raise NotImplementedError
+
+    async def fetch_all(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Every row, as dicts."""
+        raise NotImplementedError
+
+    async def fetch_one(self, sql: str, args: Sequence[Any] = ()) -> dict[str, Any] | None:
+        """The first row as a dict, or None."""
+        raise NotImplementedError
+
+    async def fetch_value(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        """The first column of the first row, or None."""
+        raise NotImplementedError
+
+    async def _commit(self) -> None:
+        raise NotImplementedError
+
+
+class _AsyncpgSQL(RawSQL):
+    __slots__ = ()
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+        return _status_count(await self._conn.execute(sql, *args))
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
+        batch = [tuple(row) for row in rows]
+        if batch:
+            await self._conn.executemany(sql, batch)
+        return len(batch)
+
+    async def fetch_all(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return [dict(record) for record in await self._conn.fetch(sql, *args)]
+
+    async def fetch_one(self, sql: str, args: Sequence[Any] = ()) -> dict[str, Any] | None:
+        record = await self._conn.fetchrow(sql, *args)
+        return None if record is None else dict(record)
+
+    async def fetch_value(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        return await self._conn.fetchval(sql, *args)
+
+    async def _commit(self) -> None:
+        await self._conn.execute("COMMIT")
+
+
+class _SqliteSQL(RawSQL):
+    __slots__ = ()
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         cursor = await self._conn.execute(sql, tuple(args))
         count = int(cursor.rowcount)
         await cursor.close()
@@ -59,23 +129,15 @@ class RawSQL:
         return max(count, 0)
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
-        """Run one statement per argument row in one batch (asyncpg pipelines them,
-        sqlite3 steps one prepared statement); atomic on both. The number of rows."""
         batch = [tuple(row) for row in rows]
         if not batch:
             return 0
-        if self.postgres:
-            await self._conn.executemany(sql, batch)
-        else:
-            cursor = await self._conn.executemany(sql, batch)
-            await cursor.close()
-            await self._settle()
+        cursor = await self._conn.executemany(sql, batch)
+        await cursor.close()
+        await self._settle()
         return len(batch)
 
     async def fetch_all(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """Every row, as dicts."""
-        if self.postgres:
-            return [dict(record) for record in await self._conn.fetch(sql, *args)]
         cursor = await self._conn.execute(sql, tuple(args))
         try:
             rows = await cursor.fetchall()
@@ -86,10 +148,6 @@ class RawSQL:
         return [dict(zip(names, row, strict=True)) for row in rows]
 
     async def fetch_one(self, sql: str, args: Sequence[Any] = ()) -> dict[str, Any] | None:
-        """The first row as a dict, or None."""
-        if self.postgres:
-            record = await self._conn.fetchrow(sql, *args)
-            return None if record is None else dict(record)
         cursor = await self._conn.execute(sql, tuple(args))
         try:
             row = await cursor.fetchone()
@@ -100,11 +158,11 @@ class RawSQL:
         return None if row is None else dict(zip(names, row, strict=True))
 
     async def fetch_value(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        """The first column of the first row, or None."""
-        if self.postgres:
-            return await self._conn.fetchval(sql, *args)
         row = await self.fetch_one(sql, args)
         return None if row is None else next(iter(row.values()))
+
+    async def _commit(self) -> None:
+        await self._conn.commit()
 
     async def _settle(self) -> None:
         # sqlite3 opened a transaction for a write (or an INSERT ... RETURNING read
@@ -119,13 +177,9 @@ async def transaction(lease: Lease) -> AsyncIterator[RawSQL]:
     exception the transaction is left open for the lease's release to roll back
     (see the module docstring); the caller must let the exception leave the lease."""
     raw = RawSQL(lease, autocommit=False)
-    conn: Any = lease.connection
-    await conn.execute("BEGIN" if raw.postgres else "BEGIN IMMEDIATE")
+    await lease.connection.execute(raw.sql.begin)
     yield raw
-    if raw.postgres:
-        await conn.execute("COMMIT")
-    else:
-        await conn.commit()
+    await raw._commit()
 
 
 def _status_count(status: str) -> int:

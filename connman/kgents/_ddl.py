@@ -5,10 +5,11 @@ processes) use a fresh database at once.
 creating the same table at once can both pass the existence check and one fails with
 a unique violation in ``pg_type``. So the statements run in one transaction that first
 takes a transaction-scoped advisory lock (one key for all of connman's DDL); SQLite's
-``BEGIN IMMEDIATE`` serializes them the same way. Before any of that, one catalog
-query checks whether every table and index is already there, so the usual first use
-of an existing database takes no lock at all (a ``CREATE INDEX IF NOT EXISTS`` on
-PostgreSQL takes a SHARE lock on its table even when the index exists).
+``BEGIN IMMEDIATE`` serializes them the same way (both: :mod:`connman.dialect`).
+Before any of that, one catalog query checks whether every table and index is already
+there, so the usual first use of an existing database takes no lock at all (a
+``CREATE INDEX IF NOT EXISTS`` on PostgreSQL takes a SHARE lock on its table even
+when the index exists).
 """
 
 from __future__ import annotations
@@ -23,10 +24,6 @@ from connman.kgents.schema.spec import DIALECTS, TableSpec
 from connman.manager import Lease
 
 __all__ = ["Reads", "SchemaGate", "SchemaPlan", "check_reads", "plan_for"]
-
-# pg_advisory_xact_lock key shared by every connman DDL transaction ("connman" as an
-# integer: fits a bigint, and is recognisable in pg_locks).
-_LOCK_KEY = int.from_bytes(b"connman", "big")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +111,8 @@ async def apply_plan(lease: Lease, plan: SchemaPlan) -> None:
     if await _complete(RawSQL(lease, autocommit=True), plan, dialect):
         return
     async with transaction(lease) as tx:
-        if tx.postgres:
-            await tx.execute("SELECT pg_advisory_xact_lock($1)", [_LOCK_KEY])
+        if tx.sql.ddl_lock is not None:
+            await tx.execute(tx.sql.ddl_lock)
         for statement in plan.statements[dialect]:
             await tx.execute(statement)
         for table, column, alter in plan.columns:

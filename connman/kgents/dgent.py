@@ -43,7 +43,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from connman.adapters._params import bind
 from connman.adapters._raw import RawSQL, transaction
+from connman.dialect import dialect_of
 from connman.errors import AdapterError, ConfigError, InvalidInput
 from connman.kgents._ddl import Reads, SchemaGate, check_reads, plan_for
 from connman.kgents.errors import CausalParentMissing, DatumConflict
@@ -243,13 +245,13 @@ class DgentStore:
                 ``semantics="kgents"``: only on PostgreSQL).
             InvalidInput: a field of the wrong type, or metadata that is not JSON.
         """
-        args = _put_args(datum)
+        values = _put_values(datum)
         if self._semantics == "kgents":
-            return await self._overwrite(datum, args)
+            return await self._overwrite(datum, values)
         async with self._lease() as lease:
             await self._gate.ensure(lease)
             raw = RawSQL(lease, autocommit=True)
-            sql = _PUT if raw.postgres else _sqlite(_PUT)
+            sql, args = bind(_PUT, values, raw.dialect, portable=True)
             # Twice at most: if the row vanished between our INSERT and our look at
             # it (a concurrent delete), inserting again is the right answer.
             for _ in range(2):
@@ -262,9 +264,7 @@ class DgentStore:
                         # insert (PostgreSQL's FK check caught it).
                         raise _parent_missing(datum) from exc
                     raise
-                row = await raw.fetch_one(
-                    _sql(raw, "SELECT content FROM data WHERE id = $1"), [datum.id]
-                )
+                row = await raw.fetch_one(*bind(_CONTENT, values, raw.dialect))
                 if row is not None:
                     if bytes(row["content"]) != datum.content:
                         raise _conflict(datum, bytes(row["content"]))
@@ -279,7 +279,7 @@ class DgentStore:
         async with await self._reader() as lease:
             await self._gate.ensure(lease)
             raw = RawSQL(lease, autocommit=True)
-            row = await raw.fetch_one(_sql(raw, f"SELECT {_COLUMNS} FROM data WHERE id = $1"), [id])
+            row = await raw.fetch_one(*bind(_GET, {"id": id}, raw.dialect))
         return None if row is None else _datum(row)
 
     async def delete(self, id: str) -> bool:
@@ -289,17 +289,15 @@ class DgentStore:
         _check_id(id)
         if self._semantics == "kgents":
             async with self._lease() as lease, _kgents_writes(lease, self._gate) as raw:
-                return await raw.execute(_sql(raw, "DELETE FROM data WHERE id = $1"), [id]) == 1
+                return await raw.execute(*bind(_DELETE, {"id": id}, raw.dialect)) == 1
         async with self._lease() as lease:
             await self._gate.ensure(lease)
             async with transaction(lease) as tx:
                 # The foreign key's ON DELETE SET NULL does this where it exists; a
                 # table created by old kgents may lack it (always on SQLite), so the
                 # children are unlinked explicitly, in the same transaction.
-                await tx.execute(
-                    _sql(tx, "UPDATE data SET causal_parent = NULL WHERE causal_parent = $1"), [id]
-                )
-                deleted = await tx.execute(_sql(tx, "DELETE FROM data WHERE id = $1"), [id])
+                await tx.execute(*bind(_UNLINK_CHILDREN, {"id": id}, tx.dialect))
+                deleted = await tx.execute(*bind(_DELETE, {"id": id}, tx.dialect))
             return deleted == 1
 
     async def list(
@@ -337,7 +335,9 @@ class DgentStore:
         async with await self._reader() as lease:
             await self._gate.ensure(lease)
             raw = RawSQL(lease, autocommit=True)
-            rows = await raw.fetch_all(_sql(raw, _CHAIN), [id, MAX_CHAIN_DEPTH])
+            rows = await raw.fetch_all(
+                *bind(_CHAIN, {"id": id, "depth": MAX_CHAIN_DEPTH}, raw.dialect)
+            )
         chain = [_datum(row) for row in rows]
         if len({d.id for d in chain}) != len(chain):
             raise AdapterError(f"the causal chain of {id!r} contains a cycle")
@@ -351,7 +351,7 @@ class DgentStore:
         async with await self._reader() as lease:
             await self._gate.ensure(lease)
             raw = RawSQL(lease, autocommit=True)
-            found = await raw.fetch_value(_sql(raw, "SELECT 1 FROM data WHERE id = $1"), [id])
+            found = await raw.fetch_value(*bind(_EXISTS, {"id": id}, raw.dialect))
         return found is not None
 
     async def count(self) -> int:
@@ -361,11 +361,11 @@ class DgentStore:
             raw = RawSQL(lease, autocommit=True)
             return int(await raw.fetch_value("SELECT count(*) FROM data"))
 
-    async def _overwrite(self, datum: Datum, args: builtins.list[Any]) -> str:
+    async def _overwrite(self, datum: Datum, values: dict[str, Any]) -> str:
         """``put`` with ``semantics="kgents"``: insert or replace every column."""
         async with self._lease() as lease, _kgents_writes(lease, self._gate) as raw:
             try:
-                await raw.execute(_sql(raw, _OVERWRITE), args)
+                await raw.execute(*bind(_OVERWRITE, values, raw.dialect, portable=True))
             except Exception as exc:
                 if _is_foreign_key_violation(exc):  # PostgreSQL's foreign key
                     raise _parent_missing(datum) from exc
@@ -400,11 +400,18 @@ class DgentStore:
 
 # -- SQL -------------------------------------------------------------------------------
 
-# Written for asyncpg ($N); _sqlite() turns $N into SQLite's ?N (same numbering).
+# :name parameters, rendered per dialect by connman.dialect (portable=True: the casts
+# stay on PostgreSQL and go on SQLite).
+_GET = f"SELECT {_COLUMNS} FROM data WHERE id = :id"
+_EXISTS = "SELECT 1 FROM data WHERE id = :id"
+_CONTENT = "SELECT content FROM data WHERE id = :id"
+_DELETE = "DELETE FROM data WHERE id = :id"
+_UNLINK_CHILDREN = "UPDATE data SET causal_parent = NULL WHERE causal_parent = :id"
+
 _PUT = """
 INSERT INTO data (id, content, created_at, causal_parent, metadata)
-SELECT $1::text, $2::bytea, $3::float8, $4::text, $5::jsonb
-WHERE $4::text IS NULL OR EXISTS (SELECT 1 FROM data WHERE id = $4::text)
+SELECT :id::text, :content::bytea, :created_at::float8, :causal_parent::text, :metadata::jsonb
+WHERE :causal_parent::text IS NULL OR EXISTS (SELECT 1 FROM data WHERE id = :causal_parent::text)
 ON CONFLICT (id) DO NOTHING
 """
 
@@ -412,7 +419,7 @@ ON CONFLICT (id) DO NOTHING
 # ON CONFLICT DO UPDATE), in place, so rows pointing at it keep their link.
 _OVERWRITE = """
 INSERT INTO data (id, content, created_at, causal_parent, metadata)
-VALUES ($1::text, $2::bytea, $3::float8, $4::text, $5::jsonb)
+VALUES (:id::text, :content::bytea, :created_at::float8, :causal_parent::text, :metadata::jsonb)
 ON CONFLICT (id) DO UPDATE SET content = excluded.content,
     created_at = excluded.created_at, causal_parent = excluded.causal_parent,
     metadata = excluded.metadata
@@ -421,48 +428,35 @@ ON CONFLICT (id) DO UPDATE SET content = excluded.content,
 # Walks ids only, then joins the rows once: the recursion does not drag contents.
 _CHAIN = """
 WITH RECURSIVE chain(id, parent, depth) AS (
-    SELECT id, causal_parent, 0 FROM data WHERE id = $1
+    SELECT id, causal_parent, 0 FROM data WHERE id = :id
     UNION ALL
     SELECT d.id, d.causal_parent, c.depth + 1
     FROM chain c JOIN data d ON d.id = c.parent
-    WHERE c.depth < $2
+    WHERE c.depth < :depth
 )
 SELECT d.id, d.content, d.created_at, d.causal_parent, d.metadata
 FROM chain c JOIN data d ON d.id = c.id
 ORDER BY c.depth DESC
 """
 
-_CASTS = ("::text", "::bytea", "::float8", "::jsonb")
-
-
-def _sqlite(sql: str) -> str:
-    """The asyncpg SQL for sqlite3: ``$N`` -> ``?N``, PostgreSQL casts dropped."""
-    for cast in _CASTS:
-        sql = sql.replace(cast, "")
-    return sql.replace("$", "?")
-
-
-def _sql(raw: RawSQL, sql: str) -> str:
-    return sql if raw.postgres else _sqlite(sql)
-
 
 def _list_query(
-    dialect: str, prefix: str | None, after: float | None, limit: int
+    dialect_name: str, prefix: str | None, after: float | None, limit: int
 ) -> tuple[str, builtins.list[Any]]:
     """The SQL and arguments of :meth:`DgentStore.list` (one statement text per
     combination of filters, so each keeps its own cached plan)."""
-    postgres = dialect == "postgresql"
+    dialect = dialect_of(dialect_name)
     where: builtins.list[str] = []
     args: builtins.list[Any] = []
 
     def arg(value: Any) -> str:
         args.append(value)
-        return f"${len(args)}" if postgres else f"?{len(args)}"
+        return dialect.param(len(args))
 
     order = "created_at DESC, id DESC"
     if prefix is not None:
         upper = _prefix_upper_bound(prefix)
-        if postgres:
+        if dialect.postgres:
             # The prefix is the range [prefix, upper) in byte order, on
             # idx_data_id_prefix (text_pattern_ops: ~>=~ and ~<~ compare bytes, i.e.
             # code points in UTF-8), and it must be the plan whatever the estimates:
@@ -542,7 +536,7 @@ def _check_id(id: object) -> None:
         raise InvalidInput(f"a datum id is a non-empty str, got {id!r}")
 
 
-def _put_args(datum: Datum) -> builtins.list[Any]:
+def _put_values(datum: Datum) -> dict[str, Any]:
     if not isinstance(datum, Datum):
         raise InvalidInput(f"put() takes a Datum, got {type(datum).__name__}")
     _check_id(datum.id)
@@ -556,7 +550,13 @@ def _put_args(datum: Datum) -> builtins.list[Any]:
         metadata = json.dumps(datum.metadata if datum.metadata is not None else {})
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"datum {datum.id!r}: metadata is not JSON: {exc}") from None
-    return [datum.id, datum.content, float(datum.created_at), datum.causal_parent, metadata]
+    return {
+        "id": datum.id,
+        "content": datum.content,
+        "created_at": float(datum.created_at),
+        "causal_parent": datum.causal_parent,
+        "metadata": metadata,
+    }
 
 
 def _datum(row: Mapping[str, Any]) -> Datum:

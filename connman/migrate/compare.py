@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from connman.dialect import quote_ident
 from connman.migrate.checksum import MASK, sql_row_word
 from connman.migrate.convert import RowConverter, combine
 from connman.migrate.endpoints import Endpoints
 from connman.migrate.plan import TablePlan
 from connman.migrate.sides import Source
-from connman.migrate.sqlite_side import quote_ident
 
 __all__ = [
     "Comparison",

@@ -32,6 +32,7 @@ from typing import Any
 
 import anyio
 
+from connman.dialect import quote_ident
 from connman.migrate.checksum import sql_checksum
 from connman.migrate.compare import (
     Comparison,
@@ -62,7 +63,6 @@ from connman.migrate.plan import (
 )
 from connman.migrate.report import Progress, RejectsFile
 from connman.migrate.sides import Target, Written
-from connman.migrate.sqlite_side import quote_ident
 
 __all__ = ["MigrateOptions", "Migration", "TableOutcome", "migrate", "verify"]
 

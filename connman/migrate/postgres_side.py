@@ -23,21 +23,20 @@ from typing import Any, TypeVar
 import anyio
 import asyncpg
 
+from connman.dialect import POSTGRES, quote_ident
 from connman.manager import ConnectionManager
 from connman.migrate.errors import SchemaIncompatible, TargetFull, TargetUnavailable
 from connman.migrate.kinds import ValueStats, from_postgres
 from connman.migrate.model import Catalog, Column, ForeignKey, Table
 from connman.migrate.pgcopy import CopyRows
 from connman.migrate.sides import Written
-from connman.migrate.sqlite_side import approx_size, quote_ident
+from connman.migrate.sqlite_side import approx_size
 from connman.urls import redact_text
 
 __all__ = ["PostgresSide"]
 
 _CONSUMER = "migrate"
 T = TypeVar("T")
-# pg_advisory_xact_lock key of connman's DDL (the adapters' key: one lock for all).
-_LOCK_KEY = int.from_bytes(b"connman", "big")
 
 _ROW_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.DataError,
@@ -238,7 +237,7 @@ class PostgresSide:
         if not statements:
             return
         async with self._writing() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+            await conn.execute(POSTGRES.ddl_lock)
             for statement in statements:
                 await conn.execute(statement)
 

@@ -32,6 +32,7 @@ from urllib.parse import quote
 
 import anyio
 
+from connman.dialect import SQLITE, quote_ident
 from connman.manager import ConnectionManager
 from connman.migrate.errors import SchemaIncompatible, SourceError, TargetFull, TargetUnavailable
 from connman.migrate.kinds import ValueStats, from_sqlite, stats_sql
@@ -52,11 +53,6 @@ __all__ = [
 _HEADER = b"SQLite format 3\x00"
 _CONSUMER = "migrate"
 T = TypeVar("T")
-
-
-def quote_ident(name: str) -> str:
-    """``name`` as a quoted SQL identifier (both dialects)."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def approx_size(rows: Sequence[tuple[Any, ...]]) -> int:
@@ -506,7 +502,7 @@ class SqliteWriter:
         async with self._lease() as lease:
             conn = lease.connection
             try:
-                await conn.execute("BEGIN IMMEDIATE")
+                await conn.execute(SQLITE.begin)
                 for statement in statements:
                     await conn.execute(statement)
                 await conn.commit()
@@ -539,7 +535,7 @@ class SqliteWriter:
             conn = lease.connection
             try:
                 before = conn.total_changes
-                await conn.execute("BEGIN IMMEDIATE")
+                await conn.execute(SQLITE.begin)
                 try:
                     await conn.executemany(sql, rows)
                     await conn.commit()
@@ -549,7 +545,7 @@ class SqliteWriter:
                 # One row at a time, to name the rows the database refuses.
                 refused: list[tuple[int, str]] = []
                 before = conn.total_changes
-                await conn.execute("BEGIN IMMEDIATE")
+                await conn.execute(SQLITE.begin)
                 for i, row in enumerate(rows):
                     await conn.execute("SAVEPOINT row")
                     try:

@@ -26,8 +26,9 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from connman.dialect import POSTGRES, SQLITE, SQLDialect
 from connman.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -46,8 +47,6 @@ __all__ = [
     "now_sql",
 ]
 
-POSTGRESQL: Final = "postgresql"
-SQLITE: Final = "sqlite"
 _T = TypeVar("_T")
 
 
@@ -82,12 +81,12 @@ def dialect_name(bind: object = None) -> str:
 
 def is_postgres(bind: object = None) -> bool:
     """True on PostgreSQL."""
-    return dialect_name(bind) == POSTGRESQL
+    return dialect_name(bind) == POSTGRES.name
 
 
 def is_sqlite(bind: object = None) -> bool:
     """True on SQLite."""
-    return dialect_name(bind) == SQLITE
+    return dialect_name(bind) == SQLITE.name
 
 
 def by_dialect(*, postgresql: _T, sqlite: _T, bind: object = None) -> _T:
@@ -98,9 +97,9 @@ def by_dialect(*, postgresql: _T, sqlite: _T, bind: object = None) -> _T:
         ConfigError: a dialect other than PostgreSQL and SQLite.
     """
     name = dialect_name(bind)
-    if name == POSTGRESQL:
+    if name == POSTGRES.name:
         return postgresql
-    if name == SQLITE:
+    if name == SQLITE.name:
         return sqlite
     raise ConfigError(f"dialect {name!r}: connman's migrations support postgresql and sqlite")
 
@@ -112,22 +111,20 @@ def autoincrement_pk(column: str = "id", *, bind: object = None) -> str:
     (SQLite's AUTOINCREMENT needs exactly ``INTEGER PRIMARY KEY``; it also guarantees
     that ids are never reused, as a PostgreSQL sequence does.)
     """
-    return f"{_quote(column, bind)} " + by_dialect(
-        postgresql="SERIAL PRIMARY KEY", sqlite="INTEGER PRIMARY KEY AUTOINCREMENT", bind=bind
-    )
+    return f"{_quote(column, bind)} {_sql(bind).serial_pk}"
 
 
 def now_sql(*, bind: object = None) -> str:
     """The current time as SQL, usable in DML and after ``DEFAULT``: ``now()`` /
     ``(datetime('now'))`` (UTC text, which SQLAlchemy's ``DateTime`` reads; the
     parentheses make it a valid SQLite column default)."""
-    return by_dialect(postgresql="now()", sqlite="(datetime('now'))", bind=bind)
+    return _sql(bind).now
 
 
 def json_ddl(*, bind: object = None) -> str:
     """Column type DDL for JSON documents: ``JSONB`` / ``JSON`` (SQLite keeps JSON as
     text; SQLAlchemy's ``JSON`` type reads both)."""
-    return by_dialect(postgresql="JSONB", sqlite="JSON", bind=bind)
+    return _sql(bind).json_type
 
 
 def insert_or_ignore(table: str, values: Mapping[str, Any], *, bind: object = None) -> TextClause:
@@ -160,10 +157,13 @@ def insert_or_ignore(table: str, values: Mapping[str, Any], *, bind: object = No
             params[name] = value
             placeholders.append(f":{name}")
     names = ", ".join(_quote(name, bind) for name in columns)
-    insert = by_dialect(postgresql="INSERT INTO", sqlite="INSERT OR IGNORE INTO", bind=bind)
-    suffix = by_dialect(postgresql=" ON CONFLICT DO NOTHING", sqlite="", bind=bind)
-    sql = f"{insert} {_quote(table, bind)} ({names}) VALUES ({', '.join(placeholders)}){suffix}"
+    sql = _sql(bind).insert_or_ignore(_quote(table, bind), names, ", ".join(placeholders))
     return text(sql).bindparams(**params)
+
+
+def _sql(bind: object) -> SQLDialect:
+    """The spellings of ``bind``'s dialect (:mod:`connman.dialect`, their one owner)."""
+    return by_dialect(postgresql=POSTGRES, sqlite=SQLITE, bind=bind)
 
 
 def _migration_dialect() -> str:
@@ -195,5 +195,5 @@ def _preparer(name: str) -> IdentifierPreparer:
     from sqlalchemy.dialects.postgresql.base import PGDialect
     from sqlalchemy.dialects.sqlite.base import SQLiteDialect
 
-    dialect_class: type[Dialect] = PGDialect if name == POSTGRESQL else SQLiteDialect
+    dialect_class: type[Dialect] = PGDialect if name == POSTGRES.name else SQLiteDialect
     return dialect_class().identifier_preparer

@@ -427,6 +427,7 @@ class Pool:
                 if self._observer is not None:
                     self._observer.lease_released(self.name, consumer, now - pooled.leased_at)
             pooled.last_used = now
+            pooled.conn.checkin()
             # _put_back() inline: straight to the oldest eligible waiter (it stays in
             # use), else idle (not closing: nobody to tell that all are back).
             if not (self._waiters and self._hand(pooled)):
@@ -494,6 +495,7 @@ class Pool:
                     self._server_read_only(conn.server)
                 return
         pooled.last_used = _monotonic()
+        conn.checkin()
         self._put_back(pooled)
 
     def _return_unused(self, pooled: PooledConnection) -> None:

@@ -40,7 +40,7 @@ import asyncpg
 from connman import tls
 from connman.config import PoolConfig
 from connman.diagnose import HostsFailed, host_outcome
-from connman.drivers import BROKEN, CLEAN, DIRTY, NEEDS_FULL_RESET
+from connman.drivers import BROKEN, CLEAN, DIRTY, NEEDS_FULL_RESET, Verdict
 from connman.errors import UnavailableReason
 from connman.logging import get_logger
 from connman.urls import DatabaseURL, Dialect
@@ -97,21 +97,24 @@ class _ReadWatch(asyncio.Protocol):
     another operation (2) is in progress``. Whatever arrives after a ReadyForQuery
     without being asked for (that FATAL, a NOTIFY) makes the connection suspect, and
     the pool pings a suspect connection before anyone else gets it (issue 10.6).
+    While the connection is ``parked`` (idle in the pool: from ``checkin`` to
+    ``checkout``) nothing is asked, so whatever arrives is suspect.
 
     One bytes comparison per read; the connection's queries never pass through here
     otherwise.
     """
 
-    __slots__ = ("inner", "suspect")
+    __slots__ = ("inner", "parked", "suspect")
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.suspect = False
+        self.parked = False
 
     def data_received(self, data: bytes) -> None:
         # Mid-operation reads end anywhere (suspect, for a moment); the read that
         # ends an operation ends with its ReadyForQuery (the status byte follows).
-        self.suspect = not data.endswith(_READY_FOR_QUERY, -6, -1)
+        self.suspect = self.parked or not data.endswith(_READY_FOR_QUERY, -6, -1)
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -179,9 +182,16 @@ class AsyncpgConnection:
 
     def checkout(self) -> bool:
         watch = self._watch
-        if watch is not None and watch.suspect:
-            return False
+        if watch is not None:
+            if watch.suspect:
+                return False  # stays parked: the pool pings it (ping() unparks)
+            watch.parked = False
         return not self.raw.is_closed()
+
+    def checkin(self) -> None:
+        watch = self._watch
+        if watch is not None:
+            watch.parked = True
 
     def checked(self) -> None:
         # Nothing to do: the ping's own ReadyForQuery cleared ``suspect``, unless
@@ -200,7 +210,7 @@ class AsyncpgConnection:
         if self._writable and getattr(exc, "sqlstate", None) == _READ_ONLY_SQLSTATE:
             self._recheck = True
 
-    def verdict(self, failed: bool) -> int:
+    def verdict(self, failed: bool) -> Verdict:
         raw = self.raw
         # Connection.is_closed() and is_in_transaction() spelled out on the protocol:
         # this runs on every release, and each saved call is ~50 ns.
@@ -292,6 +302,9 @@ class AsyncpgConnection:
         return True
 
     async def ping(self) -> None:
+        watch = self._watch
+        if watch is not None:
+            watch.parked = False  # the answer is asked for
         # Simple-query protocol: one round trip. (asyncpg cannot take an empty query.)
         await self.raw.execute("SELECT 1")
 

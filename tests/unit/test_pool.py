@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from connman import AcquireTimeout, PoolClosed, PoolConfig, PoolUnavailable, parse_url
-from connman.drivers import BROKEN, CLEAN
+from connman.drivers import BROKEN, CLEAN, DIRTY, Verdict
 from connman.pool import Pool, PooledConnection
 
 pytestmark = pytest.mark.anyio
@@ -33,6 +33,9 @@ class FakeConnection:
         self.closed = False
         self.terminated = False
         self.broken = False
+        self.dirty = False
+        self.checkins = 0
+        self.resets = 0
         self.server = "fake:5432"
         self.demoted = False
 
@@ -45,13 +48,20 @@ class FakeConnection:
     def checkout(self) -> bool:
         return not self.closed
 
+    def checkin(self) -> None:
+        self.checkins += 1
+
     def checked(self) -> None:
         return None
 
-    def verdict(self, failed: bool) -> int:
-        return BROKEN if self.closed or self.broken else CLEAN
+    def verdict(self, failed: bool) -> Verdict:
+        if self.closed or self.broken:
+            return BROKEN
+        return DIRTY if self.dirty else CLEAN
 
     async def reset(self, full: bool) -> bool:
+        self.resets += 1
+        self.dirty = False
         return not self.closed
 
     async def ping(self) -> None:
@@ -257,6 +267,35 @@ async def test_timed_out_waiter_is_never_handed_a_connection(make_pool: PoolFact
     assert pool.release_nowait(held)
     stats = pool.stats()
     assert (stats.in_use, stats.idle) == (0, 1)
+
+
+# -- release ---------------------------------------------------------------------------
+
+
+async def test_checkin_once_per_kept_lease_never_for_a_dropped_one(make_pool: PoolFactory) -> None:
+    """The driver is told once per lease that its connection is parked again: after a
+    clean release (no reset), after a reset, and for a handoff to a waiter; not for a
+    connection that is dropped."""
+    pool, driver = await make_pool(max_size=1)
+    conn = driver.opened[0]
+    assert pool.release_nowait(await pool.acquire("a"))
+    assert (conn.checkins, conn.resets) == (1, 0)
+    pooled = await pool.acquire("a")
+    conn.dirty = True
+    assert not pool.release_nowait(pooled)  # needs a reset: nothing happened yet
+    assert conn.checkins == 1
+    await pool.release(pooled)
+    assert (conn.checkins, conn.resets) == (2, 1)
+    pooled = await pool.acquire("a")
+    waiter = asyncio.get_running_loop().create_task(pool.acquire("b", timeout=1))
+    await _until(lambda: pool.stats().waiting == 1, "b queued")
+    assert pool.release_nowait(pooled)  # straight to b
+    assert pool.release_nowait(await waiter)
+    assert conn.checkins == 4
+    pooled = await pool.acquire("a")
+    conn.broken = True
+    assert pool.release_nowait(pooled)
+    assert conn.checkins == 4 and conn.terminated
 
 
 # -- connecting ------------------------------------------------------------------------

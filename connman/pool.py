@@ -110,10 +110,9 @@ class Pool:
         self._observer = observer
         self._limits = dict(config.consumer_limits)
         self._max_size = config.max_size
+        # (An in-memory SQLite database needs no connection kept here: the driver's
+        # anchor connection keeps it from start to stop.)
         self._min_size = config.min_size
-        # An in-memory SQLite database lives only as long as a connection to it.
-        if url.is_memory:
-            self._min_size = max(self._min_size, 1)
         self._check_after = config.health_check_after
         self.leak_threshold = config.leak_threshold
 

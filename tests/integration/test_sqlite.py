@@ -135,6 +135,25 @@ async def test_memory_database_is_one_database_for_every_lease() -> None:
         assert (await cursor.fetchone())[0] == 0
 
 
+async def test_memory_database_outlives_every_pool_connection() -> None:
+    """min_size=0 and every connection closed (expired): the driver's anchor keeps
+    the in-memory database, so the next lease reads what an earlier one wrote."""
+    async with manager_for("sqlite:///:memory:", min_size=0, max_size=2) as manager:
+        async with manager.lease("writer") as lease:
+            raw = lease.connection
+            await raw.execute("CREATE TABLE kept (x)")
+            await raw.execute("INSERT INTO kept VALUES (7)")
+            await raw.commit()
+        await manager.expire_connections()
+        with anyio.fail_after(5):
+            while raw._connection is not None or manager.stats()[0].size:
+                await asyncio.sleep(0.01)  # the close runs on the connection's thread
+        async with manager.lease("reader") as lease:
+            assert lease.connection is not raw
+            cursor = await lease.connection.execute("SELECT x FROM kept")
+            assert await cursor.fetchall() == [(7,)]
+
+
 async def test_database_directory_is_created_private(tmp_path: object) -> None:
     target = os.path.join(str(tmp_path), "deep", "er", "membrane.db")
     async with manager_for(f"sqlite:///{target}") as manager, manager.lease("t") as lease:

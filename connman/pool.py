@@ -137,6 +137,8 @@ class Pool:
         # Why the last connect failed (diagnose()): the fields of PoolUnavailable.
         self._last_reason: UnavailableReason | None = None
         self._last_host: str | None = None
+        # The last connect error will not go away by retrying (Diagnosis.permanent).
+        self._last_permanent = False
         # Connect failures since the last success, and whether this backoff cycle has
         # logged: one warning per cycle, not one per attempt.
         self._cycle_failures = 0
@@ -653,9 +655,9 @@ class Pool:
     async def _connect_in_background(self) -> None:
         try:
             pooled = await self._open_connection()
-        except Exception as exc:
+        except Exception:
             self._connecting -= 1
-            if self._driver.is_permanent(exc) and not self._conns:
+            if self._last_permanent and not self._conns:
                 # Retrying will not fix a wrong password or a missing database: say
                 # so now rather than at every waiter's deadline.
                 self._permanent_error = True
@@ -685,10 +687,11 @@ class Pool:
             self._counters[S.CONNECT_ERRORS] += 1
             self._last_error = _describe(exc)
             found = diagnose(exc, self.url)
-            self._last_hint, self._last_reason, self._last_host = (
+            self._last_hint, self._last_reason, self._last_host, self._last_permanent = (
                 found.hint,
                 found.reason,
                 found.host,
+                found.permanent,
             )
             self._failing = True
             self._cycle_failures += 1

@@ -133,10 +133,6 @@ class Driver(Protocol):
     async def stop(self) -> None:
         """Release what :meth:`start` took. Called once, after every connection closed."""
 
-    def is_permanent(self, exc: BaseException) -> bool:
-        """True when a connect error will not go away by retrying (wrong password,
-        no such database): waiters are failed at once instead of at their deadline."""
-
 
 def driver_for(url: DatabaseURL, config: PoolConfig) -> Driver:
     """The driver for ``url``'s dialect."""

@@ -188,11 +188,6 @@ class AiosqliteDriver:
             self._anchor.close()
             self._anchor = None
 
-    def is_permanent(self, exc: BaseException) -> bool:
-        # A file that cannot be opened (missing directory, permissions, not a
-        # database) stays that way; a busy database is transient.
-        return isinstance(exc, sqlite3.Error | OSError) and "locked" not in str(exc)
-
 
 def ensure_parent_dir(path: str) -> None:
     """Create the missing directories above ``path``, each with mode 0700 (the XDG

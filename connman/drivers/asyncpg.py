@@ -465,14 +465,6 @@ class AsyncpgDriver:
     async def stop(self) -> None:
         return None
 
-    def is_permanent(self, exc: BaseException) -> bool:
-        # Wrong password/user, missing database, a certificate that does not verify:
-        # retrying will not help (the pool still retries in the background, in case
-        # someone fixes it).
-        return isinstance(
-            exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidCatalogNameError
-        ) or tls.is_verification_failure(exc)
-
 
 def _where(url: DatabaseURL) -> str:
     host = url.host or "localhost"

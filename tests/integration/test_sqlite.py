@@ -198,3 +198,31 @@ def test_a_failed_open_leaves_no_thread_behind_its_event_loop(
         if "_connection_worker" in thread.name and thread not in workers:
             thread.join(5)
     assert died == []
+
+
+async def test_a_locked_database_is_waited_for_not_failed_at_once(tmp_path: object) -> None:
+    """SQLITE_BUSY while connecting is transient: the waiter keeps its place and is
+    served once the other process lets the database go."""
+    from connman.pool import Pool
+
+    path = os.path.join(str(tmp_path), "busy.db")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # journal_mode=WAL at connect now gets SQLITE_BUSY
+    url = parse_url(f"sqlite:///{path}")
+    config = PoolConfig(min_size=0, sqlite_busy_timeout=0.01, reconnect_initial_delay=0.01)
+    pool = Pool(url, AiosqliteDriver(url, config), config)
+    await pool.open(wait=False)
+    try:
+        waiter = asyncio.get_running_loop().create_task(pool.acquire("w", timeout=10))
+        with anyio.fail_after(5):
+            while pool.stats().counters["connect_errors"] < 2:
+                await asyncio.sleep(0.01)
+        assert "locked" in (pool.stats().last_error or "")
+        assert not waiter.done()
+        holder.close()
+        with anyio.fail_after(5):
+            pooled = await waiter
+        assert pool.release_nowait(pooled)
+    finally:
+        holder.close()
+        await pool.aclose()

@@ -22,7 +22,9 @@ pytestmark = pytest.mark.anyio
 
 
 class PermanentError(Exception):
-    """What a wrong password is to the fake driver."""
+    """A wrong password, as the server reports it (SQLSTATE invalid_password)."""
+
+    sqlstate = "28P01"
 
 
 class FakeConnection:
@@ -100,9 +102,6 @@ class FakeDriver:
 
     async def stop(self) -> None:
         return None
-
-    def is_permanent(self, exc: BaseException) -> bool:
-        return isinstance(exc, PermanentError)
 
 
 PoolFactory = Callable[..., Awaitable[tuple[Pool, FakeDriver]]]

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 from typing import Any, cast
 
 import asyncpg
@@ -41,6 +40,7 @@ from connman import tls
 from connman.config import PoolConfig
 from connman.diagnose import HostsFailed, host_outcome
 from connman.drivers import BROKEN, CLEAN, DIRTY, NEEDS_FULL_RESET, Verdict
+from connman.drivers import _asyncpg_private as private
 from connman.errors import UnavailableReason
 from connman.logging import get_logger
 from connman.urls import DatabaseURL, Dialect
@@ -138,6 +138,7 @@ class AsyncpgConnection:
     __slots__ = (
         "_live",
         "_outcomes",
+        "_private",
         "_recheck",
         "_snapshot",
         "_watch",
@@ -164,17 +165,18 @@ class AsyncpgConnection:
         self._outcomes = outcomes
         # A write was refused as read-only: find out at release whether the server is.
         self._recheck = False
-        transport = raw._transport
+        # asyncpg's internals (see _asyncpg_private): without them, the public API only.
+        self._private = private.AVAILABLE
         self._watch: _ReadWatch | None = None
-        if transport is not None and hasattr(transport, "set_protocol"):
-            self._watch = _ReadWatch(transport.get_protocol())
-            transport.set_protocol(self._watch)
-        # asyncpg keeps the server's ParameterStatus values in a dict inside its Cython
-        # ConnectionSettings, updated in place on every ParameterStatus message, but does
-        # not expose it. gc.get_referents() reaches it, so the release check is one dict
-        # comparison (~0.1 us) instead of a round trip. If asyncpg ever changes shape,
-        # we fall back to the public repr (slower, same answer).
-        self._live = _parameter_dict(raw)
+        self._live: dict[str, str] | None = None
+        if self._private:
+            transport = private.transport(raw)
+            if transport is not None and hasattr(transport, "set_protocol"):
+                self._watch = _ReadWatch(transport.get_protocol())
+                transport.set_protocol(self._watch)
+            # The server's ParameterStatus values, live: the release check is one dict
+            # comparison (~0.1 us) instead of a round trip.
+            self._live = private.parameter_dict(raw)
         self._snapshot = dict(self._live) if self._live is not None else repr(raw.get_settings())
 
     def is_closed(self) -> bool:
@@ -212,21 +214,15 @@ class AsyncpgConnection:
 
     def verdict(self, failed: bool) -> Verdict:
         raw = self.raw
-        # Connection.is_closed() and is_in_transaction() spelled out on the protocol:
-        # this runs on every release, and each saved call is ~50 ns.
-        protocol = raw._protocol
-        if raw._aborted or not protocol.is_connected():
-            return BROKEN
-        if raw._listeners:  # the server keeps the LISTEN: UNLISTEN * needed
-            return NEEDS_FULL_RESET
+        if not self._private:
+            # The public API cannot tell what the lease left (callbacks, LISTEN, a
+            # cancellation in flight): a full reset after every lease.
+            return BROKEN if raw.is_closed() else NEEDS_FULL_RESET
+        verdict = private.lease_verdict(raw)
+        if verdict is not CLEAN:
+            return verdict
         if (
-            protocol.is_in_transaction()
-            or protocol._is_cancelling()
-            or raw._top_xact is not None
-            or raw._log_listeners
-            or raw._termination_listeners
-            or raw._query_loggers
-            or (self._live is not None and self._live != self._snapshot)
+            (self._live is not None and self._live != self._snapshot)
             or (self._live is None and not self._parameters_unchanged())
             # Something arrived after the last ReadyForQuery (a FATAL?): reset pings.
             or (self._watch is not None and self._watch.suspect)
@@ -242,12 +238,9 @@ class AsyncpgConnection:
 
     async def reset(self, full: bool) -> bool:
         raw = self.raw
-        protocol = raw._protocol
-        if protocol._is_cancelling():
-            # A query was cancelled (its task was): asyncpg has sent a cancel request
-            # and must see the server acknowledge it before the connection is usable;
-            # otherwise the next lease gets "another operation is in progress".
-            await protocol._wait_for_cancellation()
+        if not self._private:
+            return await self._reset_in_public(raw)
+        await private.settle_cancellation(raw)
         if raw.is_closed():
             return False
         watch = self._watch
@@ -260,18 +253,32 @@ class AsyncpgConnection:
             except Exception:
                 raw.terminate()
                 return False
-        # Client-side callbacks belong to the lease that registered them.
-        raw._listeners.clear()
-        raw._log_listeners.clear()
-        raw._termination_listeners.clear()
-        raw._query_loggers.clear()
-        if raw.is_in_transaction() or raw._top_xact is not None:
-            raw._top_xact = None
+        if private.clear_lease_state(raw):
             await raw.execute("ROLLBACK")
         if full:
             await raw.execute(FULL_RESET)
         elif not self._parameters_unchanged():
             await raw.execute("RESET ALL")
+        return await self._after_reset()
+
+    async def _reset_in_public(self, raw: asyncpg.Connection) -> bool:
+        """:meth:`reset` through asyncpg's public API only: one round trip, the
+        rollback and the full reset in one simple query (asyncpg first waits for a
+        cancelled query's acknowledgement, as before any query). Client-side
+        callbacks stay registered (nothing public removes them without the callback
+        in hand); the UNLISTEN * keeps them silent."""
+        if raw.is_closed():
+            return False
+        rollback = "ROLLBACK;" if raw.is_in_transaction() else ""
+        await raw.execute(rollback + FULL_RESET)
+        if raw.is_in_transaction():  # a cancelled BEGIN landed after the look above
+            await raw.execute("ROLLBACK")
+        return await self._after_reset()
+
+    async def _after_reset(self) -> bool:
+        """The end of both resets: a writable pool's check that the server is still
+        writable, and the session parameters' check."""
+        raw = self.raw
         if self._writable and (self._recheck or self._reports_read_only()):
             self._recheck = False
             if await raw.fetchval(_SERVER_READ_ONLY):
@@ -390,7 +397,7 @@ class AsyncpgDriver:
                 raw.terminate()
                 raise
             if not pooled:
-                _enable_statement_cache(raw, self._config.statement_cache_size)
+                private.enable_statement_cache(raw, self._config.statement_cache_size)
         return AsyncpgConnection(
             raw, server=server, writable=self._writable, outcomes=self._outcomes
         )
@@ -469,20 +476,3 @@ class AsyncpgDriver:
 def _where(url: DatabaseURL) -> str:
     host = url.host or "localhost"
     return f"[{host}]:{url.port}" if ":" in host and "," not in host else f"{host}:{url.port}"
-
-
-def _enable_statement_cache(raw: asyncpg.Connection, size: int) -> None:
-    """Turn asyncpg's statement cache on after connect (it has no public setter; if
-    its shape changes, the cache stays off: slower, never wrong)."""
-    cache = getattr(raw, "_stmt_cache", None)
-    if cache is not None and hasattr(cache, "set_max_size") and hasattr(raw, "_stmt_cache_enabled"):
-        cache.set_max_size(size)
-        raw._stmt_cache_enabled = True
-
-
-def _parameter_dict(raw: Any) -> dict[str, str] | None:
-    settings = raw.get_settings()
-    for ref in gc.get_referents(settings):
-        if isinstance(ref, dict) and "server_version" in ref:
-            return ref
-    return None

@@ -567,7 +567,7 @@ class ConnectionManager:
         await rotation.check()
         self._rotation = rotation
         assert self._loop is not None
-        self._rotation_task = self._loop.create_task(rotation.run())
+        self._rotation_task = self._loop.create_task(rotation.run(), name="ReplicaRotation")
 
     def _refused(
         self, candidate: Storage, exc: PoolUnavailable, earlier: list[str]

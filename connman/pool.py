@@ -196,7 +196,8 @@ class Pool:
         )
         if pooled is not None:
             self._idle.append(pooled)
-        self._maintenance = self._loop.create_task(self._maintain())
+        self._maintenance = self._loop.create_task(self._maintain(), name="MaintenanceTask")
+        self._maintenance.add_done_callback(self._task_done)
         self._grow()
 
     async def aclose(self, timeout: float = 10.0) -> None:
@@ -389,7 +390,7 @@ class Pool:
             if isinstance(exc, asyncio.CancelledError | TimeoutError):
                 # Interrupted, not failed: the ping may still be on the wire. Clean
                 # the connection in the background, like a lease that was cancelled.
-                self._spawn(self._clean_and_return(pooled, True, False))
+                self._spawn(self._clean_and_return(pooled, True, False), "ReturnConnection")
             else:
                 self._slot_freed()
                 self._drop(pooled, lost=True)
@@ -460,7 +461,9 @@ class Pool:
         if not full_reset and self.release_nowait(pooled, failed=failed):
             return
         self._lease_ended(pooled, _monotonic())
-        cleanup = self._spawn(self._clean_and_return(pooled, failed, full_reset))
+        cleanup = self._spawn(
+            self._clean_and_return(pooled, failed, full_reset), "ReturnConnection"
+        )
         if not failed:
             await asyncio.shield(cleanup)
 
@@ -650,7 +653,7 @@ class Pool:
         in_flight = self.config.max_connecting - self._connecting
         for _ in range(min(room, want, in_flight)):
             self._connecting += 1
-            self._spawn(self._connect_in_background())
+            self._spawn(self._connect_in_background(), "AddConnection")
 
     async def _connect_in_background(self) -> None:
         try:
@@ -817,7 +820,7 @@ class Pool:
             # Counted against max_size until the server has seen it go, so the
             # server never holds more than max_size of our connections.
             self._closing_conns += 1
-            self._spawn(self._close_politely(pooled))
+            self._spawn(self._close_politely(pooled), "CloseConnection")
         self._grow()
 
     async def _close_politely(self, pooled: PooledConnection) -> None:
@@ -832,9 +835,12 @@ class Pool:
             self._log.debug("connection_closed", consumer=None)
             self._grow()
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        """Run ``coro`` in a background task named after its job (psycopg_pool's
+        names: AddConnection, ReturnConnection, CloseConnection), which aclose()
+        waits for."""
         assert self._loop is not None
-        task = self._loop.create_task(coro)
+        task = self._loop.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -842,7 +848,9 @@ class Pool:
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            self._log.debug("background_task_failed", error=_describe(task.exception()))
+            self._log.debug(
+                "background_task_failed", task=task.get_name(), error=_describe(task.exception())
+            )
 
     async def _maintain(self) -> None:
         """Retire idle connections past max_idle (above min_size), past max_lifetime,

@@ -17,6 +17,7 @@ import pytest
 from connman import AcquireTimeout, PoolClosed, PoolConfig, PoolUnavailable, parse_url
 from connman.drivers import BROKEN, CLEAN, DIRTY, Verdict
 from connman.pool import Pool, PooledConnection
+from tests.support.helpers import captured_logs
 
 pytestmark = pytest.mark.anyio
 
@@ -38,6 +39,7 @@ class FakeConnection:
         self.dirty = False
         self.checkins = 0
         self.resets = 0
+        self.close_fails = False
         self.server = "fake:5432"
         self.demoted = False
 
@@ -72,6 +74,8 @@ class FakeConnection:
 
     async def close(self) -> None:
         self.closed = True
+        if self.close_fails:
+            raise OSError("the goodbye got lost")
 
     def terminate(self) -> None:
         self.closed = self.terminated = True
@@ -86,6 +90,7 @@ class FakeDriver:
         self.opened: list[FakeConnection] = []
         self.attempts: list[float] = []  # loop time of each connect attempt
         self.fail_with: Callable[[], Exception] | None = None
+        self.gate: asyncio.Event | None = None  # when set: connect() waits for it
         self.hosts: dict[str, str] = {}
 
     async def start(self) -> None:
@@ -94,6 +99,8 @@ class FakeDriver:
     async def connect(self) -> FakeConnection:
         self.attempts.append(asyncio.get_running_loop().time())
         await asyncio.sleep(0)  # a connect always suspends, like a real one
+        if self.gate is not None:
+            await self.gate.wait()
         if self.fail_with is not None:
             raise self.fail_with()
         conn = FakeConnection(len(self.opened))
@@ -295,6 +302,33 @@ async def test_checkin_once_per_kept_lease_never_for_a_dropped_one(make_pool: Po
     conn.broken = True
     assert pool.release_nowait(pooled)
     assert conn.checkins == 4 and conn.terminated
+
+
+# -- background tasks ------------------------------------------------------------------
+
+
+async def test_background_tasks_are_named_after_their_job(make_pool: PoolFactory) -> None:
+    """What asyncio.all_tasks() (a debugger, aiomonitor) shows while a connect runs."""
+    pool, driver = await make_pool(wait=False, max_size=1)
+    driver.gate = asyncio.Event()
+    waiter = asyncio.get_running_loop().create_task(pool.acquire("w", timeout=5))
+    await _until(lambda: len(driver.attempts) == 1, "a connect started")
+    names = {task.get_name() for task in asyncio.all_tasks()}
+    assert {"AddConnection", "MaintenanceTask"} <= names
+    driver.gate.set()
+    assert pool.release_nowait(await waiter)
+
+
+async def test_a_failed_background_task_is_logged_with_its_name(make_pool: PoolFactory) -> None:
+    pool, driver = await make_pool(max_size=1)
+    driver.opened[0].close_fails = True
+    with captured_logs() as records:
+        pool.expire_connections()  # the idle connection is closed politely: that fails
+        await pool.aclose()  # waits for every background task
+    failed = [r for r in records if r["event"] == "background_task_failed"]
+    assert [(r["task"], r["error"]) for r in failed] == [
+        ("CloseConnection", "OSError: the goodbye got lost")
+    ]
 
 
 # -- connecting ------------------------------------------------------------------------

@@ -64,6 +64,9 @@ _BACKOFF_JITTER: Final = 0.1
 # The longest reconnect delay while someone waits: during a failover the waiters'
 # writes resume within about this long of a standby's promotion.
 _WAITED_MAX_DELAY: Final = 1.0
+# During an outage connect_failed is logged at its start, when its reason changes, and
+# otherwise at most this often (seconds).
+_OUTAGE_LOG_EVERY: Final = 10.0
 
 
 class PooledConnection:
@@ -139,10 +142,12 @@ class Pool:
         self._last_host: str | None = None
         # The last connect error will not go away by retrying (Diagnosis.permanent).
         self._last_permanent = False
-        # Connect failures since the last success, and whether this backoff cycle has
-        # logged: one warning per cycle, not one per attempt.
-        self._cycle_failures = 0
-        self._cycle_logged = False
+        # The outage (connect failures since the last success): when it began, how
+        # many attempts failed, and when and why connect_failed last said so.
+        self._outage_started = 0.0
+        self._outage_failures = 0
+        self._outage_logged_at = 0.0
+        self._outage_logged_reason: UnavailableReason | None = None
         # Bumped by expire_connections(): a connect begun before it is retired too.
         self._generation = 0
         self._failing = False
@@ -696,28 +701,20 @@ class Pool:
                 found.host,
                 found.permanent,
             )
-            self._failing = True
-            self._cycle_failures += 1
-            if self._observer is not None:
-                self._observer.connect_failed(self.name)
-            if not self._cycle_logged:
-                self._cycle_logged = True
-                self._log.warning(
-                    "connect_failed",
-                    error=self._last_error,
-                    hint=self._last_hint,
-                    failures=self._cycle_failures,
-                    consumer=None,
-                )
+            self._connect_failed(found.reason)
             raise
         now = _monotonic()
         self._counters[S.CONNECTIONS_OPENED] += 1
         if self._failing:
-            self._log.warning("reconnected", after_error=self._last_error, consumer=None)
+            self._log.warning(
+                "connect_recovered",
+                after_error=self._last_error,
+                failures=self._outage_failures,
+                outage_seconds=round(now - self._outage_started, 3),
+                consumer=None,
+            )
         self._failing = False
         self._last_hint = self._last_reason = self._last_host = None
-        self._cycle_failures = 0
-        self._cycle_logged = False
         self._permanent_error = False
         self._backoff = 0.0
         if self._observer is not None:
@@ -729,13 +726,43 @@ class Pool:
         self._conns.add(pooled)
         return pooled
 
+    def _connect_failed(self, reason: UnavailableReason) -> None:
+        """Count a failed connect, and say so at the outage's start, when its reason
+        changes, and otherwise at most every ``_OUTAGE_LOG_EVERY`` seconds (the pool
+        retries about once a second while someone waits)."""
+        now = _monotonic()
+        if not self._failing:
+            self._failing = True
+            self._outage_started = now
+            self._outage_failures = 0
+            self._outage_logged_reason = None
+        self._outage_failures += 1
+        if self._observer is not None:
+            self._observer.connect_failed(self.name)
+        if (
+            reason is self._outage_logged_reason
+            and now - self._outage_logged_at < _OUTAGE_LOG_EVERY
+        ):
+            return
+        self._outage_logged_reason = reason
+        self._outage_logged_at = now
+        self._log.warning(
+            "connect_failed",
+            error=self._last_error,
+            hint=self._last_hint,
+            reason=reason.value,
+            failures=self._outage_failures,
+            outage_seconds=round(now - self._outage_started, 3),
+            consumer=None,
+        )
+
     def _enter_backoff(self) -> None:
         if self._closing or self._backoff_handle is not None or self._loop is None:
             return
         cfg = self.config
         self._backoff = min(max(self._backoff * 2, cfg.reconnect_initial_delay), self._max_delay())
         delay = self._backoff * (1 + random.uniform(-_BACKOFF_JITTER, _BACKOFF_JITTER))
-        # connect_failed said it at warning level, once for this cycle.
+        # connect_failed says it at warning level, a few times per outage.
         self._log.debug("reconnect_scheduled", delay=round(delay, 3), consumer=None)
         self._backoff_handle = self._loop.call_later(delay, self._leave_backoff)
 
@@ -760,7 +787,6 @@ class Pool:
 
     def _leave_backoff(self) -> None:
         self._backoff_handle = None
-        self._cycle_logged = False  # a new cycle: its first failure is logged
         self._grow()
 
     # ================================================================= shrinking

@@ -8,6 +8,7 @@ real PostgreSQL (protocol states, resets, terminated backends) is in tests/fault
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -91,6 +92,7 @@ class FakeDriver:
         self.attempts: list[float] = []  # loop time of each connect attempt
         self.fail_with: Callable[[], Exception] | None = None
         self.gate: asyncio.Event | None = None  # when set: connect() waits for it
+        self.raised: list[Exception] = []  # what each failed connect raised
         self.hosts: dict[str, str] = {}
 
     async def start(self) -> None:
@@ -102,7 +104,8 @@ class FakeDriver:
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_with is not None:
-            raise self.fail_with()
+            self.raised.append(self.fail_with())
+            raise self.raised[-1]
         conn = FakeConnection(len(self.opened))
         self.opened.append(conn)
         return conn
@@ -372,6 +375,57 @@ async def test_transient_connect_errors_back_off_then_recover(make_pool: PoolFac
         pooled = await waiter
     assert pool.stats().last_error is None
     assert pool.release_nowait(pooled)
+
+
+class ServerFull(Exception):
+    """A server at max_connections, as it reports it (SQLSTATE too_many_connections)."""
+
+    sqlstate = "53300"
+
+
+async def test_an_outage_is_logged_at_its_start_on_a_new_reason_then_at_intervals(
+    make_pool: PoolFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not one line per attempt: connect_failed at the outage's start, at most every
+    interval after that (10 s; 0.2 s here), at once when the reason changes; then one
+    connect_recovered with the outage's failures and length."""
+    every = 0.2
+    monkeypatch.setattr("connman.pool._OUTAGE_LOG_EVERY", every)
+    pool, driver = await make_pool(
+        max_size=1, min_size=1, reconnect_initial_delay=0.005, reconnect_max_delay=0.01
+    )
+    loop = asyncio.get_running_loop()
+    with captured_logs() as records:
+        driver.fail_with = lambda: ConnectionRefusedError(111, "refused")
+        pool.expire_connections()  # the pool reconnects at once, into the outage
+        with anyio.fail_after(5):
+            while len(driver.attempts) < 2 or loop.time() - driver.attempts[1] < 2.5 * every:
+                await asyncio.sleep(0.01)
+        refusing = loop.time() - driver.attempts[1]  # how long connects were refused
+        driver.fail_with = lambda: ServerFull("sorry, too many clients already")
+        with anyio.fail_after(5):
+            while sum(isinstance(e, ServerFull) for e in driver.raised) < 3:
+                await asyncio.sleep(0.01)
+        driver.fail_with = None
+        with anyio.fail_after(5):
+            while pool.stats().last_error is not None:
+                await asyncio.sleep(0.01)
+    failed = [r for r in records if r["event"] == "connect_failed"]
+    refused = sum(isinstance(e, ConnectionRefusedError) for e in driver.raised)
+    assert refused >= 10  # many attempts...
+    unreachable = [r for r in failed if r["reason"] == "unreachable"]
+    # ...few lines: t=0, 0.2, 0.4 (0.5 s or a little more, on a busy machine)
+    assert 2 <= len(unreachable) <= 2 + refusing / every, unreachable
+    assert unreachable[0]["failures"] == 1 and unreachable[0]["outage_seconds"] < every
+    gaps = [b["outage_seconds"] - a["outage_seconds"] for a, b in itertools.pairwise(unreachable)]
+    assert all(gap >= every - 0.001 for gap in gaps), gaps  # (rounded to the ms)
+    full = [r for r in failed if r["reason"] == "too_many_clients"]
+    assert full[0]["failures"] == refused + 1  # the first attempt with the new reason
+    assert "too many clients" in full[0]["error"]
+    (recovered,) = [r for r in records if r["event"] == "connect_recovered"]
+    assert recovered["failures"] == len(driver.raised)
+    assert recovered["outage_seconds"] >= 2.5 * every - 0.01
+    assert "too many clients" in recovered["after_error"]
 
 
 # -- closing ---------------------------------------------------------------------------

@@ -32,15 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Any, cast
 
 import asyncpg
 
 from connman import tls
 from connman.config import PoolConfig
 from connman.diagnose import HostsFailed, host_outcome
-from connman.drivers import BROKEN, CLEAN, DIRTY, NEEDS_FULL_RESET, Verdict
-from connman.drivers import _asyncpg_private as private
+from connman.drivers import BROKEN, NEEDS_FULL_RESET, Verdict
 from connman.errors import UnavailableReason
 from connman.logging import get_logger
 from connman.urls import DatabaseURL, Dialect
@@ -78,70 +76,18 @@ _SERVER_READ_ONLY = (
 )
 
 
-# The last bytes of a ReadyForQuery message but its status byte ('Z', length 5): the
-# server sends one at the end of every operation, and nothing after it until asked.
-_READY_FOR_QUERY = b"Z\x00\x00\x00\x05"
-
-
-class _ReadWatch(asyncio.Protocol):
-    """Stands in front of asyncpg's protocol on the transport for the connection's
-    whole life, and tells whether the server sent anything after its last
-    ReadyForQuery (``suspect``).
-
-    Why: when a backend is terminated, PostgreSQL sends FATAL and then closes the
-    socket. If asyncpg reads the FATAL while no operation is in progress (the
-    connection idle in the pool, or leased between two queries, or the FATAL in the
-    same read as the end of the last result), its protocol moves to an error state it
-    does not expose, and sees the end of stream only in a later loop iteration; any
-    operation in between fails with ``InternalClientError: cannot switch to state 12;
-    another operation (2) is in progress``. Whatever arrives after a ReadyForQuery
-    without being asked for (that FATAL, a NOTIFY) makes the connection suspect, and
-    the pool pings a suspect connection before anyone else gets it (issue 10.6).
-    While the connection is ``parked`` (idle in the pool: from ``checkin`` to
-    ``checkout``) nothing is asked, so whatever arrives is suspect.
-
-    One bytes comparison per read; the connection's queries never pass through here
-    otherwise.
-    """
-
-    __slots__ = ("inner", "parked", "suspect")
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.suspect = False
-        self.parked = False
-
-    def data_received(self, data: bytes) -> None:
-        # Mid-operation reads end anywhere (suspect, for a moment); the read that
-        # ends an operation ends with its ReadyForQuery (the status byte follows).
-        self.suspect = self.parked or not data.endswith(_READY_FOR_QUERY, -6, -1)
-        self.inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        self.suspect = True
-        return cast("bool | None", self.inner.eof_received())
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.suspect = True
-        self.inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.inner.resume_writing()
-
-
 class AsyncpgConnection:
-    """One asyncpg connection and what we know of its session state."""
+    """One asyncpg connection and what we know of its session state, through asyncpg's
+    public API only: nothing tells what a lease left behind, so every release is a
+    full reset, in one round trip. The driver makes an
+    :class:`~connman.drivers._asyncpg_private.InternalsConnection` instead, which
+    decides without a round trip, whenever this asyncpg has the internals it reads."""
 
     __slots__ = (
         "_live",
         "_outcomes",
-        "_private",
         "_recheck",
         "_snapshot",
-        "_watch",
         "_writable",
         "demoted",
         "raw",
@@ -165,39 +111,21 @@ class AsyncpgConnection:
         self._outcomes = outcomes
         # A write was refused as read-only: find out at release whether the server is.
         self._recheck = False
-        # asyncpg's internals (see _asyncpg_private): without them, the public API only.
-        self._private = private.AVAILABLE
-        self._watch: _ReadWatch | None = None
+        # The server's ParameterStatus values, live (only with asyncpg's internals),
+        # and as they were after connect or the last reset.
         self._live: dict[str, str] | None = None
-        if self._private:
-            transport = private.transport(raw)
-            if transport is not None and hasattr(transport, "set_protocol"):
-                self._watch = _ReadWatch(transport.get_protocol())
-                transport.set_protocol(self._watch)
-            # The server's ParameterStatus values, live: the release check is one dict
-            # comparison (~0.1 us) instead of a round trip.
-            self._live = private.parameter_dict(raw)
-        self._snapshot = dict(self._live) if self._live is not None else repr(raw.get_settings())
+        self._snapshot: dict[str, str] | str = repr(raw.get_settings())
 
     def is_closed(self) -> bool:
         return bool(self.raw.is_closed())
 
     def checkout(self) -> bool:
-        watch = self._watch
-        if watch is not None:
-            if watch.suspect:
-                return False  # stays parked: the pool pings it (ping() unparks)
-            watch.parked = False
         return not self.raw.is_closed()
 
     def checkin(self) -> None:
-        watch = self._watch
-        if watch is not None:
-            watch.parked = True
+        return None
 
     def checked(self) -> None:
-        # Nothing to do: the ping's own ReadyForQuery cleared ``suspect``, unless
-        # something came after it, and then the connection is still suspect.
         return None
 
     def is_lost_error(self, exc: BaseException) -> bool:
@@ -213,23 +141,9 @@ class AsyncpgConnection:
             self._recheck = True
 
     def verdict(self, failed: bool) -> Verdict:
-        raw = self.raw
-        if not self._private:
-            # The public API cannot tell what the lease left (callbacks, LISTEN, a
-            # cancellation in flight): a full reset after every lease.
-            return BROKEN if raw.is_closed() else NEEDS_FULL_RESET
-        verdict = private.lease_verdict(raw)
-        if verdict is not CLEAN:
-            return verdict
-        if (
-            (self._live is not None and self._live != self._snapshot)
-            or (self._live is None and not self._parameters_unchanged())
-            # Something arrived after the last ReadyForQuery (a FATAL?): reset pings.
-            or (self._watch is not None and self._watch.suspect)
-            or self._recheck
-        ):
-            return DIRTY
-        return CLEAN
+        # The public API cannot tell what the lease left (callbacks, LISTEN, a
+        # cancellation in flight): a full reset after every lease.
+        return BROKEN if self.raw.is_closed() else NEEDS_FULL_RESET
 
     def _parameters_unchanged(self) -> bool:
         if self._live is not None:
@@ -237,36 +151,11 @@ class AsyncpgConnection:
         return repr(self.raw.get_settings()) == self._snapshot
 
     async def reset(self, full: bool) -> bool:
+        """One round trip: the rollback and the full reset in one simple query (asyncpg
+        first waits for a cancelled query's acknowledgement, as before any query).
+        Client-side callbacks stay registered (nothing public removes them without the
+        callback in hand); the UNLISTEN * keeps them silent."""
         raw = self.raw
-        if not self._private:
-            return await self._reset_in_public(raw)
-        await private.settle_cancellation(raw)
-        if raw.is_closed():
-            return False
-        watch = self._watch
-        if watch is not None and watch.suspect:
-            # Something arrived unasked: make sure the protocol is still usable. A
-            # protocol in asyncpg's hidden error state fails this: terminate, so the
-            # pool counts the connection lost and nobody else gets it.
-            try:
-                await self.ping()
-            except Exception:
-                raw.terminate()
-                return False
-        if private.clear_lease_state(raw):
-            await raw.execute("ROLLBACK")
-        if full:
-            await raw.execute(FULL_RESET)
-        elif not self._parameters_unchanged():
-            await raw.execute("RESET ALL")
-        return await self._after_reset()
-
-    async def _reset_in_public(self, raw: asyncpg.Connection) -> bool:
-        """:meth:`reset` through asyncpg's public API only: one round trip, the
-        rollback and the full reset in one simple query (asyncpg first waits for a
-        cancelled query's acknowledgement, as before any query). Client-side
-        callbacks stay registered (nothing public removes them without the callback
-        in hand); the UNLISTEN * keeps them silent."""
         if raw.is_closed():
             return False
         rollback = "ROLLBACK;" if raw.is_in_transaction() else ""
@@ -276,7 +165,7 @@ class AsyncpgConnection:
         return await self._after_reset()
 
     async def _after_reset(self) -> bool:
-        """The end of both resets: a writable pool's check that the server is still
+        """The end of every reset: a writable pool's check that the server is still
         writable, and the session parameters' check."""
         raw = self.raw
         if self._writable and (self._recheck or self._reports_read_only()):
@@ -309,9 +198,6 @@ class AsyncpgConnection:
         return True
 
     async def ping(self) -> None:
-        watch = self._watch
-        if watch is not None:
-            watch.parked = False  # the answer is asked for
         # Simple-query protocol: one round trip. (asyncpg cannot take an empty query.)
         await self.raw.execute("SELECT 1")
 
@@ -380,6 +266,10 @@ class AsyncpgDriver:
         return None
 
     async def connect(self) -> AsyncpgConnection:
+        # Imported here: the module builds on this one (its connection class is a
+        # subclass of ours).
+        from connman.drivers import _asyncpg_private as private
+
         provider = self._config.credential_provider
         try:
             raw, server = await self._connect()
@@ -398,9 +288,9 @@ class AsyncpgDriver:
                 raise
             if not pooled:
                 private.enable_statement_cache(raw, self._config.statement_cache_size)
-        return AsyncpgConnection(
-            raw, server=server, writable=self._writable, outcomes=self._outcomes
-        )
+        # Read per connect: tests turn the internals off.
+        kind = private.InternalsConnection if private.AVAILABLE else AsyncpgConnection
+        return kind(raw, server=server, writable=self._writable, outcomes=self._outcomes)
 
     async def _connect(self) -> tuple[asyncpg.Connection, str]:
         """A new connection and the ``host:port`` it reached."""

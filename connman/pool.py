@@ -420,7 +420,7 @@ class Pool:
         then."""
         now = _monotonic()
         verdict = pooled.conn.verdict(failed)
-        if verdict == CLEAN and not self._closing and now < pooled.expires:
+        if verdict is CLEAN and not self._closing and now < pooled.expires:
             # _lease_ended() and _slot_freed() inline: this is the hot path.
             consumer = pooled.consumer
             if consumer is not None:
@@ -441,7 +441,7 @@ class Pool:
                 self._in_use -= 1
                 self._idle.append(pooled)
             return True
-        if verdict == BROKEN:  # lost mid-use: nothing to say to the server
+        if verdict is BROKEN:  # lost mid-use: nothing to say to the server
             self._lease_ended(pooled, now)
             self._slot_freed()
             self._drop(pooled, lost=True)
@@ -477,7 +477,7 @@ class Pool:
         counts as in use until it is clean (or closed)."""
         conn = pooled.conn
         verdict = conn.verdict(failed)
-        if verdict == BROKEN:
+        if verdict is BROKEN:
             self._slot_freed()
             self._drop(pooled, lost=True)
             return
@@ -485,8 +485,8 @@ class Pool:
             self._slot_freed()
             self._drop(pooled, lost=False)
             return
-        full = full or verdict == NEEDS_FULL_RESET
-        if verdict != CLEAN or full:
+        full = full or verdict is NEEDS_FULL_RESET
+        if verdict is not CLEAN or full:
             self._counters[S.RESETS] += 1
             if full:
                 self._counters[S.FULL_RESETS] += 1

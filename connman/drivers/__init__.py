@@ -28,8 +28,9 @@ __all__ = [
 
 
 class Verdict(IntEnum):
-    """A driver's verdict on a returned connection (an IntEnum: compared on every
-    release, as cheaply as an int)."""
+    """A driver's verdict on a returned connection. Drivers return the members
+    themselves: the pool compares them by identity on every release (cheaper than
+    ``==``)."""
 
     CLEAN = 0
     """Back to the idle list as it is: no round trip."""

@@ -176,7 +176,7 @@ class Lease:
         if pool is not None and self._state is _NEW and self._manager._loop is _running_loop():
             # The common case inline: no nested coroutine, and an idle connection
             # taken without any await. Kept on purpose: __aenter__/__aexit__ folded
-            # into acquire()/release() cost 4.4-4.7 % CPU per lease at c=1/16/128
+            # into acquire()/release() cost 4 to 6 % CPU per lease at c=1/16/128
             # (tests/bench/RESULTS.md, "Lease fast paths").
             pooled = pool.try_acquire(self.consumer)
             if pooled is None:

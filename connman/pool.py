@@ -43,9 +43,9 @@ from connman.errors import (
     ConnmanError,
     PoolClosed,
     PoolUnavailable,
-    UnavailableReason,
 )
 from connman.logging import get_logger
+from connman.outage import Outage
 from connman.urls import redact_text
 from connman.waitqueue import Waiter, WaitQueue
 
@@ -64,9 +64,6 @@ _BACKOFF_JITTER: Final = 0.1
 # The longest reconnect delay while someone waits: during a failover the waiters'
 # writes resume within about this long of a standby's promotion.
 _WAITED_MAX_DELAY: Final = 1.0
-# During an outage connect_failed is logged at its start, when its reason changes, and
-# otherwise at most this often (seconds).
-_OUTAGE_LOG_EVERY: Final = 10.0
 
 
 class PooledConnection:
@@ -134,23 +131,8 @@ class Pool:
         self._waited = 0
         self._acquire_timeout = config.acquire_timeout
 
-        self._last_error: str | None = None
-        # The driver's advice for the last connect error's cause (TLS, server full...).
-        self._last_hint: str | None = None
-        # Why the last connect failed (diagnose()): the fields of PoolUnavailable.
-        self._last_reason: UnavailableReason | None = None
-        self._last_host: str | None = None
-        # The last connect error will not go away by retrying (Diagnosis.permanent).
-        self._last_permanent = False
-        # The outage (connect failures since the last success): when it began, how
-        # many attempts failed, and when and why connect_failed last said so.
-        self._outage_started = 0.0
-        self._outage_failures = 0
-        self._outage_logged_at = 0.0
-        self._outage_logged_reason: UnavailableReason | None = None
         # Bumped by expire_connections(): a connect begun before it is retired too.
         self._generation = 0
-        self._failing = False
         self._permanent_error = False
         self._backoff = 0.0
         self._backoff_handle: asyncio.TimerHandle | None = None
@@ -165,6 +147,9 @@ class Pool:
         # Events about connections (opened, failed, closed, reconnects) say consumer=None:
         # they belong to the pool, not to the lease whose context spawned the task.
         self._log = get_logger("connman.pool", pool=self.name)
+        # Connect failures since the last success: the last error and its diagnosis
+        # (the fields of PoolUnavailable), and the outage's log lines.
+        self._outage = Outage(self._log)
 
     # ================================================================= lifecycle
 
@@ -589,9 +574,10 @@ class Pool:
         limit = self._limits.get(consumer)
         if limit is not None:
             text += f", limit of {consumer!r} {limit}"
-        if self._failing and size == 0:
+        outage = self._outage
+        if outage.diagnosis is not None and size == 0:
             return self._unavailable(
-                f"{text}; the database is unreachable, last connect error: {self._last_error}",
+                f"{text}; the database is unreachable, last connect error: {outage.last_error}",
                 consumer,
                 names_pool=True,
             )
@@ -599,10 +585,10 @@ class Pool:
             "Raise max_size or acquire_timeout (KGENTS_POOL_MAX_SIZE, "
             "KGENTS_POOL_ACQUIRE_TIMEOUT), or set leak_threshold to find who holds them"
         )
-        if self._last_error is not None:
-            text += f"; last connect error: {self._last_error}"
-            if self._failing and self._last_hint is not None:
-                advice = self._last_hint  # e.g. a full server: more connections won't do
+        if outage.last_error is not None:
+            text += f"; last connect error: {outage.last_error}"
+            if outage.diagnosis is not None:
+                advice = outage.diagnosis.hint  # e.g. a full server: more connections won't do
         self._counters[S.TIMEOUTS] += 1
         if self._observer is not None:
             self._observer.acquire_failed(self.name, consumer, "timeout")
@@ -625,12 +611,13 @@ class Pool:
         self._counters[S.UNAVAILABLE] += 1
         if self._observer is not None:
             self._observer.acquire_failed(self.name, consumer, "unavailable")
-        hint = f" {self._last_hint}." if self._last_hint is not None else ""
+        found = self._outage.diagnosis
+        hint = f" {found.hint}." if found is not None else ""
         return PoolUnavailable(
             f"{text}.{hint} The pool keeps reconnecting in the background.",
-            reason=self._last_reason,
-            hint=self._last_hint,
-            host=self._last_host,
+            reason=found.reason if found is not None else None,
+            hint=found.hint if found is not None else None,
+            host=found.host if found is not None else None,
         )
 
     # ================================================================= growth
@@ -665,11 +652,12 @@ class Pool:
             pooled = await self._open_connection()
         except Exception:
             self._connecting -= 1
-            if self._last_permanent and not self._conns:
+            found = self._outage.diagnosis
+            if found is not None and found.permanent and not self._conns:
                 # Retrying will not fix a wrong password or a missing database: say
                 # so now rather than at every waiter's deadline.
                 self._permanent_error = True
-                reason = f"connecting fails: {self._last_error}"
+                reason = f"connecting fails: {self._outage.last_error}"
                 self._queue.fail_all(
                     lambda consumer: self._unavailable(reason, consumer, names_pool=False)
                 )
@@ -693,28 +681,13 @@ class Pool:
             conn = await self._driver.connect()
         except Exception as exc:
             self._counters[S.CONNECT_ERRORS] += 1
-            self._last_error = _describe(exc)
-            found = diagnose(exc, self.url)
-            self._last_hint, self._last_reason, self._last_host, self._last_permanent = (
-                found.hint,
-                found.reason,
-                found.host,
-                found.permanent,
-            )
-            self._connect_failed(found.reason)
+            if self._observer is not None:
+                self._observer.connect_failed(self.name)
+            self._outage.failed(_describe(exc), diagnose(exc, self.url))
             raise
         now = _monotonic()
         self._counters[S.CONNECTIONS_OPENED] += 1
-        if self._failing:
-            self._log.warning(
-                "connect_recovered",
-                after_error=self._last_error,
-                failures=self._outage_failures,
-                outage_seconds=round(now - self._outage_started, 3),
-                consumer=None,
-            )
-        self._failing = False
-        self._last_hint = self._last_reason = self._last_host = None
+        self._outage.recovered()
         self._permanent_error = False
         self._backoff = 0.0
         if self._observer is not None:
@@ -725,36 +698,6 @@ class Pool:
             pooled.expires = -math.inf  # begun before expire_connections(): retire it
         self._conns.add(pooled)
         return pooled
-
-    def _connect_failed(self, reason: UnavailableReason) -> None:
-        """Count a failed connect, and say so at the outage's start, when its reason
-        changes, and otherwise at most every ``_OUTAGE_LOG_EVERY`` seconds (the pool
-        retries about once a second while someone waits)."""
-        now = _monotonic()
-        if not self._failing:
-            self._failing = True
-            self._outage_started = now
-            self._outage_failures = 0
-            self._outage_logged_reason = None
-        self._outage_failures += 1
-        if self._observer is not None:
-            self._observer.connect_failed(self.name)
-        if (
-            reason is self._outage_logged_reason
-            and now - self._outage_logged_at < _OUTAGE_LOG_EVERY
-        ):
-            return
-        self._outage_logged_reason = reason
-        self._outage_logged_at = now
-        self._log.warning(
-            "connect_failed",
-            error=self._last_error,
-            hint=self._last_hint,
-            reason=reason.value,
-            failures=self._outage_failures,
-            outage_seconds=round(now - self._outage_started, 3),
-            consumer=None,
-        )
 
     def _enter_backoff(self) -> None:
         if self._closing or self._backoff_handle is not None or self._loop is None:
@@ -928,7 +871,7 @@ class Pool:
             waiting_by_consumer=waiting_by,
             consumer_limits=dict(self._limits),
             counters={**self._counters, S.ACQUIRED: self._acquired, S.WAITED: self._waited},
-            last_error=self._last_error if self._failing else None,
+            last_error=self._outage.last_error if self._outage.diagnosis is not None else None,
             closed=self._closing,
             hosts=self._driver.hosts,
         )

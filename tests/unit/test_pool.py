@@ -390,7 +390,7 @@ async def test_an_outage_is_logged_at_its_start_on_a_new_reason_then_at_interval
     interval after that (10 s; 0.2 s here), at once when the reason changes; then one
     connect_recovered with the outage's failures and length."""
     every = 0.2
-    monkeypatch.setattr("connman.pool._OUTAGE_LOG_EVERY", every)
+    monkeypatch.setattr("connman.outage.LOG_EVERY", every)
     pool, driver = await make_pool(
         max_size=1, min_size=1, reconnect_initial_delay=0.005, reconnect_max_delay=0.01
     )

@@ -5,7 +5,8 @@ The verdict comes from the exception's type and, for a server's refusal, its SQL
 (``exc.sqlstate``): never from its text, which differs between drivers, versions and
 server locales. Only :attr:`~connman.errors.UnavailableReason.UNREACHABLE` (nothing
 answered) lets a manager degrade; a server that answered and refused us is an error
-however it refused.
+however it refused. :attr:`Diagnosis.permanent` says whether retrying can help: the
+pool fails its waiters at once when it cannot.
 
 No driver library is imported here: asyncpg's exception classes are looked up only if
 asyncpg is already loaded (an exception of asyncpg's cannot exist otherwise).
@@ -39,6 +40,9 @@ _UNREACHABLE_ERRNOS = frozenset(
         errno.ETIMEDOUT,
     }
 )
+# Primary result codes of a SQLite database that is busy (SQLITE_BUSY, SQLITE_LOCKED):
+# the only transient SQLite connect errors.
+_SQLITE_TRANSIENT = frozenset({5, 6})
 # SQLSTATEs of a server that answered and refused (class 28: invalid authorization).
 _SQLSTATE_REASONS = {
     "28P01": R.AUTHENTICATION,  # invalid_password
@@ -59,6 +63,11 @@ class Diagnosis:
     hint: str
     host: str | None
     """``host:port`` (or the SQLite file); never a password."""
+    permanent: bool = False
+    """Retrying will not help (wrong password, no such database, a certificate that
+    does not verify, a SQLite file that cannot be opened): the pool fails its waiters
+    at once instead of at their deadlines (and still retries in the background, in
+    case someone fixes it)."""
 
 
 class HostsFailed(Exception):
@@ -89,21 +98,35 @@ def host_outcome(exc: BaseException, url: DatabaseURL) -> tuple[str, Unavailable
 def diagnose(exc: BaseException, url: DatabaseURL) -> Diagnosis:
     """Classify ``exc``, raised while connecting to ``url``."""
     if url.dialect == "sqlite":
-        return Diagnosis(R.SQLITE_FILE, _sqlite_hint(url), url.database)
+        return Diagnosis(R.SQLITE_FILE, _sqlite_hint(url), url.database, _sqlite_permanent(exc))
     if isinstance(exc, HostsFailed):
         return _hosts_failed(exc, url)
     host = _where(url)
     reason = _postgres_reason(exc, url)
     if reason is R.TLS and tls.is_verification_failure(exc):
         # The certificate itself was refused: say which check failed.
-        return Diagnosis(reason, tls.verification_hint(exc), host)
+        return Diagnosis(reason, tls.verification_hint(exc), host, permanent=True)
     return Diagnosis(
         reason,
         _HINTS[reason].format(
             where=host, user=url.user or "the user", database=url.database or "the database"
         ),
         host,
+        permanent=reason is R.AUTHENTICATION or reason is R.DATABASE_MISSING,
     )
+
+
+def _sqlite_permanent(exc: BaseException) -> bool:
+    """A file that cannot be opened (missing directory, permissions, not a database)
+    stays that way; a busy or locked database is transient. Decided by SQLite's
+    primary result code (the low byte of the extended one), not the message."""
+    if isinstance(exc, OSError):
+        return True
+    sqlite3 = sys.modules.get("sqlite3")
+    if sqlite3 is None or not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    return not (isinstance(code, int) and code & 0xFF in _SQLITE_TRANSIENT)
 
 
 def _hosts_failed(exc: HostsFailed, url: DatabaseURL) -> Diagnosis:

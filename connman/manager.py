@@ -175,7 +175,9 @@ class Lease:
         pool = self._pool
         if pool is not None and self._state is _NEW and self._manager._loop is _running_loop():
             # The common case inline: no nested coroutine, and an idle connection
-            # taken without any await.
+            # taken without any await. Kept on purpose: __aenter__/__aexit__ folded
+            # into acquire()/release() cost 4 to 6 % CPU per lease at c=1/16/128
+            # (tests/bench/RESULTS.md, "Lease fast paths").
             pooled = pool.try_acquire(self.consumer)
             if pooled is None:
                 if self._readonly and self._url is None:
@@ -202,6 +204,7 @@ class Lease:
         tb: TracebackType | None,
     ) -> None:
         # A driver-internal error means the connection is gone: drop it, and say so.
+        # The common case inline, as in __aenter__ (a fold into release() costs).
         lost = exc is not None and self._lost(exc)
         try:
             failed = exc_type is not None
@@ -567,7 +570,7 @@ class ConnectionManager:
         await rotation.check()
         self._rotation = rotation
         assert self._loop is not None
-        self._rotation_task = self._loop.create_task(rotation.run())
+        self._rotation_task = self._loop.create_task(rotation.run(), name="ReplicaRotation")
 
     def _refused(
         self, candidate: Storage, exc: PoolUnavailable, earlier: list[str]

@@ -43,9 +43,9 @@ from connman.errors import (
     ConnmanError,
     PoolClosed,
     PoolUnavailable,
-    UnavailableReason,
 )
 from connman.logging import get_logger
+from connman.outage import Outage
 from connman.urls import redact_text
 from connman.waitqueue import Waiter, WaitQueue
 
@@ -110,10 +110,9 @@ class Pool:
         self._observer = observer
         self._limits = dict(config.consumer_limits)
         self._max_size = config.max_size
+        # (An in-memory SQLite database needs no connection kept here: the driver's
+        # anchor connection keeps it from start to stop.)
         self._min_size = config.min_size
-        # An in-memory SQLite database lives only as long as a connection to it.
-        if url.is_memory:
-            self._min_size = max(self._min_size, 1)
         self._check_after = config.health_check_after
         self.leak_threshold = config.leak_threshold
 
@@ -132,19 +131,8 @@ class Pool:
         self._waited = 0
         self._acquire_timeout = config.acquire_timeout
 
-        self._last_error: str | None = None
-        # The driver's advice for the last connect error's cause (TLS, server full...).
-        self._last_hint: str | None = None
-        # Why the last connect failed (diagnose()): the fields of PoolUnavailable.
-        self._last_reason: UnavailableReason | None = None
-        self._last_host: str | None = None
-        # Connect failures since the last success, and whether this backoff cycle has
-        # logged: one warning per cycle, not one per attempt.
-        self._cycle_failures = 0
-        self._cycle_logged = False
         # Bumped by expire_connections(): a connect begun before it is retired too.
         self._generation = 0
-        self._failing = False
         self._permanent_error = False
         self._backoff = 0.0
         self._backoff_handle: asyncio.TimerHandle | None = None
@@ -159,6 +147,9 @@ class Pool:
         # Events about connections (opened, failed, closed, reconnects) say consumer=None:
         # they belong to the pool, not to the lease whose context spawned the task.
         self._log = get_logger("connman.pool", pool=self.name)
+        # Connect failures since the last success: the last error and its diagnosis
+        # (the fields of PoolUnavailable), and the outage's log lines.
+        self._outage = Outage(self._log)
 
     # ================================================================= lifecycle
 
@@ -195,7 +186,8 @@ class Pool:
         )
         if pooled is not None:
             self._idle.append(pooled)
-        self._maintenance = self._loop.create_task(self._maintain())
+        self._maintenance = self._loop.create_task(self._maintain(), name="MaintenanceTask")
+        self._maintenance.add_done_callback(self._task_done)
         self._grow()
 
     async def aclose(self, timeout: float = 10.0) -> None:
@@ -388,7 +380,7 @@ class Pool:
             if isinstance(exc, asyncio.CancelledError | TimeoutError):
                 # Interrupted, not failed: the ping may still be on the wire. Clean
                 # the connection in the background, like a lease that was cancelled.
-                self._spawn(self._clean_and_return(pooled, True, False))
+                self._spawn(self._clean_and_return(pooled, True, False), "ReturnConnection")
             else:
                 self._slot_freed()
                 self._drop(pooled, lost=True)
@@ -413,7 +405,7 @@ class Pool:
         then."""
         now = _monotonic()
         verdict = pooled.conn.verdict(failed)
-        if verdict == CLEAN and not self._closing and now < pooled.expires:
+        if verdict is CLEAN and not self._closing and now < pooled.expires:
             # _lease_ended() and _slot_freed() inline: this is the hot path.
             consumer = pooled.consumer
             if consumer is not None:
@@ -427,13 +419,14 @@ class Pool:
                 if self._observer is not None:
                     self._observer.lease_released(self.name, consumer, now - pooled.leased_at)
             pooled.last_used = now
+            pooled.conn.checkin()
             # _put_back() inline: straight to the oldest eligible waiter (it stays in
             # use), else idle (not closing: nobody to tell that all are back).
             if not (self._waiters and self._hand(pooled)):
                 self._in_use -= 1
                 self._idle.append(pooled)
             return True
-        if verdict == BROKEN:  # lost mid-use: nothing to say to the server
+        if verdict is BROKEN:  # lost mid-use: nothing to say to the server
             self._lease_ended(pooled, now)
             self._slot_freed()
             self._drop(pooled, lost=True)
@@ -458,7 +451,9 @@ class Pool:
         if not full_reset and self.release_nowait(pooled, failed=failed):
             return
         self._lease_ended(pooled, _monotonic())
-        cleanup = self._spawn(self._clean_and_return(pooled, failed, full_reset))
+        cleanup = self._spawn(
+            self._clean_and_return(pooled, failed, full_reset), "ReturnConnection"
+        )
         if not failed:
             await asyncio.shield(cleanup)
 
@@ -467,7 +462,7 @@ class Pool:
         counts as in use until it is clean (or closed)."""
         conn = pooled.conn
         verdict = conn.verdict(failed)
-        if verdict == BROKEN:
+        if verdict is BROKEN:
             self._slot_freed()
             self._drop(pooled, lost=True)
             return
@@ -475,8 +470,8 @@ class Pool:
             self._slot_freed()
             self._drop(pooled, lost=False)
             return
-        full = full or verdict == NEEDS_FULL_RESET
-        if verdict != CLEAN or full:
+        full = full or verdict is NEEDS_FULL_RESET
+        if verdict is not CLEAN or full:
             self._counters[S.RESETS] += 1
             if full:
                 self._counters[S.FULL_RESETS] += 1
@@ -494,6 +489,7 @@ class Pool:
                     self._server_read_only(conn.server)
                 return
         pooled.last_used = _monotonic()
+        conn.checkin()
         self._put_back(pooled)
 
     def _return_unused(self, pooled: PooledConnection) -> None:
@@ -578,9 +574,10 @@ class Pool:
         limit = self._limits.get(consumer)
         if limit is not None:
             text += f", limit of {consumer!r} {limit}"
-        if self._failing and size == 0:
+        outage = self._outage
+        if outage.diagnosis is not None and size == 0:
             return self._unavailable(
-                f"{text}; the database is unreachable, last connect error: {self._last_error}",
+                f"{text}; the database is unreachable, last connect error: {outage.last_error}",
                 consumer,
                 names_pool=True,
             )
@@ -588,10 +585,10 @@ class Pool:
             "Raise max_size or acquire_timeout (KGENTS_POOL_MAX_SIZE, "
             "KGENTS_POOL_ACQUIRE_TIMEOUT), or set leak_threshold to find who holds them"
         )
-        if self._last_error is not None:
-            text += f"; last connect error: {self._last_error}"
-            if self._failing and self._last_hint is not None:
-                advice = self._last_hint  # e.g. a full server: more connections won't do
+        if outage.last_error is not None:
+            text += f"; last connect error: {outage.last_error}"
+            if outage.diagnosis is not None:
+                advice = outage.diagnosis.hint  # e.g. a full server: more connections won't do
         self._counters[S.TIMEOUTS] += 1
         if self._observer is not None:
             self._observer.acquire_failed(self.name, consumer, "timeout")
@@ -614,12 +611,13 @@ class Pool:
         self._counters[S.UNAVAILABLE] += 1
         if self._observer is not None:
             self._observer.acquire_failed(self.name, consumer, "unavailable")
-        hint = f" {self._last_hint}." if self._last_hint is not None else ""
+        found = self._outage.diagnosis
+        hint = f" {found.hint}." if found is not None else ""
         return PoolUnavailable(
             f"{text}.{hint} The pool keeps reconnecting in the background.",
-            reason=self._last_reason,
-            hint=self._last_hint,
-            host=self._last_host,
+            reason=found.reason if found is not None else None,
+            hint=found.hint if found is not None else None,
+            host=found.host if found is not None else None,
         )
 
     # ================================================================= growth
@@ -647,18 +645,19 @@ class Pool:
         in_flight = self.config.max_connecting - self._connecting
         for _ in range(min(room, want, in_flight)):
             self._connecting += 1
-            self._spawn(self._connect_in_background())
+            self._spawn(self._connect_in_background(), "AddConnection")
 
     async def _connect_in_background(self) -> None:
         try:
             pooled = await self._open_connection()
-        except Exception as exc:
+        except Exception:
             self._connecting -= 1
-            if self._driver.is_permanent(exc) and not self._conns:
+            found = self._outage.diagnosis
+            if found is not None and found.permanent and not self._conns:
                 # Retrying will not fix a wrong password or a missing database: say
                 # so now rather than at every waiter's deadline.
                 self._permanent_error = True
-                reason = f"connecting fails: {self._last_error}"
+                reason = f"connecting fails: {self._outage.last_error}"
                 self._queue.fail_all(
                     lambda consumer: self._unavailable(reason, consumer, names_pool=False)
                 )
@@ -682,35 +681,13 @@ class Pool:
             conn = await self._driver.connect()
         except Exception as exc:
             self._counters[S.CONNECT_ERRORS] += 1
-            self._last_error = _describe(exc)
-            found = diagnose(exc, self.url)
-            self._last_hint, self._last_reason, self._last_host = (
-                found.hint,
-                found.reason,
-                found.host,
-            )
-            self._failing = True
-            self._cycle_failures += 1
             if self._observer is not None:
                 self._observer.connect_failed(self.name)
-            if not self._cycle_logged:
-                self._cycle_logged = True
-                self._log.warning(
-                    "connect_failed",
-                    error=self._last_error,
-                    hint=self._last_hint,
-                    failures=self._cycle_failures,
-                    consumer=None,
-                )
+            self._outage.failed(_describe(exc), diagnose(exc, self.url))
             raise
         now = _monotonic()
         self._counters[S.CONNECTIONS_OPENED] += 1
-        if self._failing:
-            self._log.warning("reconnected", after_error=self._last_error, consumer=None)
-        self._failing = False
-        self._last_hint = self._last_reason = self._last_host = None
-        self._cycle_failures = 0
-        self._cycle_logged = False
+        self._outage.recovered()
         self._permanent_error = False
         self._backoff = 0.0
         if self._observer is not None:
@@ -728,7 +705,7 @@ class Pool:
         cfg = self.config
         self._backoff = min(max(self._backoff * 2, cfg.reconnect_initial_delay), self._max_delay())
         delay = self._backoff * (1 + random.uniform(-_BACKOFF_JITTER, _BACKOFF_JITTER))
-        # connect_failed said it at warning level, once for this cycle.
+        # connect_failed says it at warning level, a few times per outage.
         self._log.debug("reconnect_scheduled", delay=round(delay, 3), consumer=None)
         self._backoff_handle = self._loop.call_later(delay, self._leave_backoff)
 
@@ -753,7 +730,6 @@ class Pool:
 
     def _leave_backoff(self) -> None:
         self._backoff_handle = None
-        self._cycle_logged = False  # a new cycle: its first failure is logged
         self._grow()
 
     # ================================================================= shrinking
@@ -813,7 +789,7 @@ class Pool:
             # Counted against max_size until the server has seen it go, so the
             # server never holds more than max_size of our connections.
             self._closing_conns += 1
-            self._spawn(self._close_politely(pooled))
+            self._spawn(self._close_politely(pooled), "CloseConnection")
         self._grow()
 
     async def _close_politely(self, pooled: PooledConnection) -> None:
@@ -828,9 +804,12 @@ class Pool:
             self._log.debug("connection_closed", consumer=None)
             self._grow()
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        """Run ``coro`` in a background task named after its job (psycopg_pool's
+        names: AddConnection, ReturnConnection, CloseConnection), which aclose()
+        waits for."""
         assert self._loop is not None
-        task = self._loop.create_task(coro)
+        task = self._loop.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -838,7 +817,9 @@ class Pool:
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            self._log.debug("background_task_failed", error=_describe(task.exception()))
+            self._log.debug(
+                "background_task_failed", task=task.get_name(), error=_describe(task.exception())
+            )
 
     async def _maintain(self) -> None:
         """Retire idle connections past max_idle (above min_size), past max_lifetime,
@@ -890,7 +871,7 @@ class Pool:
             waiting_by_consumer=waiting_by,
             consumer_limits=dict(self._limits),
             counters={**self._counters, S.ACQUIRED: self._acquired, S.WAITED: self._waited},
-            last_error=self._last_error if self._failing else None,
+            last_error=self._outage.last_error if self._outage.diagnosis is not None else None,
             closed=self._closing,
             hosts=self._driver.hosts,
         )

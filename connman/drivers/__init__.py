@@ -8,6 +8,7 @@ closed, is it clean, and (when it is not) how to make it clean.
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 if TYPE_CHECKING:
@@ -21,18 +22,31 @@ __all__ = [
     "NEEDS_FULL_RESET",
     "Driver",
     "DriverConnection",
+    "Verdict",
     "driver_for",
 ]
 
-# Verdicts on a returned connection (ints: compared on every release).
-CLEAN: Final = 0
-"""Back to the idle list as it is: no round trip."""
-DIRTY: Final = 1
-"""Needs :meth:`DriverConnection.reset` before anyone else may use it."""
-BROKEN: Final = 2
-"""Lost or unusable: close it."""
-NEEDS_FULL_RESET: Final = 3
-"""Needs a full reset (e.g. LISTEN was used: the server keeps it)."""
+
+class Verdict(IntEnum):
+    """A driver's verdict on a returned connection. Drivers return the members
+    themselves: the pool compares them by identity on every release (cheaper than
+    ``==``)."""
+
+    CLEAN = 0
+    """Back to the idle list as it is: no round trip."""
+    DIRTY = 1
+    """Needs :meth:`DriverConnection.reset` before anyone else may use it."""
+    BROKEN = 2
+    """Lost or unusable: close it."""
+    NEEDS_FULL_RESET = 3
+    """Needs a full reset (e.g. LISTEN was used: the server keeps it)."""
+
+
+# The members under their old module-level names (drivers and tests import these).
+CLEAN: Final = Verdict.CLEAN
+DIRTY: Final = Verdict.DIRTY
+BROKEN: Final = Verdict.BROKEN
+NEEDS_FULL_RESET: Final = Verdict.NEEDS_FULL_RESET
 
 
 class DriverConnection(Protocol):
@@ -50,12 +64,17 @@ class DriverConnection(Protocol):
         closed or something arrived unasked since its last operation (then the pool
         pings it first)."""
 
+    def checkin(self) -> None:
+        """Called (no I/O) once per kept lease, when the connection goes back to the
+        idle list (or straight to the next waiter) clean: the driver parks it, so that
+        whatever arrives from now until :meth:`checkout` counts as unasked."""
+
     def checked(self) -> None:
         """The pool has just pinged it successfully: whatever arrived was harmless."""
 
-    def verdict(self, failed: bool) -> int:
+    def verdict(self, failed: bool) -> Verdict:
         """CLEAN, DIRTY, NEEDS_FULL_RESET or BROKEN, decided without I/O and without
-        side effects (it may be asked more than once).
+        side effects (a pure query: it may be asked more than once).
 
         Never CLEAN for a connection whose protocol may not be idle: closed, an
         operation or a cancellation in flight, or something received unasked (a
@@ -114,10 +133,6 @@ class Driver(Protocol):
 
     async def stop(self) -> None:
         """Release what :meth:`start` took. Called once, after every connection closed."""
-
-    def is_permanent(self, exc: BaseException) -> bool:
-        """True when a connect error will not go away by retrying (wrong password,
-        no such database): waiters are failed at once instead of at their deadline."""
 
 
 def driver_for(url: DatabaseURL, config: PoolConfig) -> Driver:

@@ -27,7 +27,7 @@ import anyio
 import anyio.to_thread
 
 from connman.config import PoolConfig
-from connman.drivers import BROKEN, CLEAN, DIRTY
+from connman.drivers import BROKEN, CLEAN, DIRTY, Verdict
 from connman.urls import DatabaseURL, Dialect
 
 __all__ = ["AiosqliteConnection", "AiosqliteDriver", "ensure_parent_dir"]
@@ -60,6 +60,9 @@ class AiosqliteConnection:
     def checkout(self) -> bool:
         return not self.is_closed()
 
+    def checkin(self) -> None:
+        return None  # nothing arrives unasked on a SQLite connection
+
     def checked(self) -> None:
         return None
 
@@ -70,7 +73,7 @@ class AiosqliteConnection:
         # aiosqlite's "no active connection" / "Connection closed" (ValueError).
         return isinstance(exc, ValueError) and self.is_closed()
 
-    def verdict(self, failed: bool) -> int:
+    def verdict(self, failed: bool) -> Verdict:
         if self.is_closed():
             return BROKEN
         # After a failure (a cancellation included) an operation may still be queued on
@@ -184,11 +187,6 @@ class AiosqliteDriver:
         if self._anchor is not None:
             self._anchor.close()
             self._anchor = None
-
-    def is_permanent(self, exc: BaseException) -> bool:
-        # A file that cannot be opened (missing directory, permissions, not a
-        # database) stays that way; a busy database is transient.
-        return isinstance(exc, sqlite3.Error | OSError) and "locked" not in str(exc)
 
 
 def ensure_parent_dir(path: str) -> None:

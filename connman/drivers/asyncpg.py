@@ -32,15 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
-from typing import Any, cast
 
 import asyncpg
 
 from connman import tls
 from connman.config import PoolConfig
 from connman.diagnose import HostsFailed, host_outcome
-from connman.drivers import BROKEN, CLEAN, DIRTY, NEEDS_FULL_RESET
+from connman.drivers import BROKEN, NEEDS_FULL_RESET, Verdict
 from connman.errors import UnavailableReason
 from connman.logging import get_logger
 from connman.urls import DatabaseURL, Dialect
@@ -78,66 +76,18 @@ _SERVER_READ_ONLY = (
 )
 
 
-# The last bytes of a ReadyForQuery message but its status byte ('Z', length 5): the
-# server sends one at the end of every operation, and nothing after it until asked.
-_READY_FOR_QUERY = b"Z\x00\x00\x00\x05"
-
-
-class _ReadWatch(asyncio.Protocol):
-    """Stands in front of asyncpg's protocol on the transport for the connection's
-    whole life, and tells whether the server sent anything after its last
-    ReadyForQuery (``suspect``).
-
-    Why: when a backend is terminated, PostgreSQL sends FATAL and then closes the
-    socket. If asyncpg reads the FATAL while no operation is in progress (the
-    connection idle in the pool, or leased between two queries, or the FATAL in the
-    same read as the end of the last result), its protocol moves to an error state it
-    does not expose, and sees the end of stream only in a later loop iteration; any
-    operation in between fails with ``InternalClientError: cannot switch to state 12;
-    another operation (2) is in progress``. Whatever arrives after a ReadyForQuery
-    without being asked for (that FATAL, a NOTIFY) makes the connection suspect, and
-    the pool pings a suspect connection before anyone else gets it (issue 10.6).
-
-    One bytes comparison per read; the connection's queries never pass through here
-    otherwise.
-    """
-
-    __slots__ = ("inner", "suspect")
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.suspect = False
-
-    def data_received(self, data: bytes) -> None:
-        # Mid-operation reads end anywhere (suspect, for a moment); the read that
-        # ends an operation ends with its ReadyForQuery (the status byte follows).
-        self.suspect = not data.endswith(_READY_FOR_QUERY, -6, -1)
-        self.inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        self.suspect = True
-        return cast("bool | None", self.inner.eof_received())
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.suspect = True
-        self.inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.inner.resume_writing()
-
-
 class AsyncpgConnection:
-    """One asyncpg connection and what we know of its session state."""
+    """One asyncpg connection and what we know of its session state, through asyncpg's
+    public API only: nothing tells what a lease left behind, so every release is a
+    full reset, in one round trip. The driver makes an
+    :class:`~connman.drivers._asyncpg_private.InternalsConnection` instead, which
+    decides without a round trip, whenever this asyncpg has the internals it reads."""
 
     __slots__ = (
         "_live",
         "_outcomes",
         "_recheck",
         "_snapshot",
-        "_watch",
         "_writable",
         "demoted",
         "raw",
@@ -161,31 +111,21 @@ class AsyncpgConnection:
         self._outcomes = outcomes
         # A write was refused as read-only: find out at release whether the server is.
         self._recheck = False
-        transport = raw._transport
-        self._watch: _ReadWatch | None = None
-        if transport is not None and hasattr(transport, "set_protocol"):
-            self._watch = _ReadWatch(transport.get_protocol())
-            transport.set_protocol(self._watch)
-        # asyncpg keeps the server's ParameterStatus values in a dict inside its Cython
-        # ConnectionSettings, updated in place on every ParameterStatus message, but does
-        # not expose it. gc.get_referents() reaches it, so the release check is one dict
-        # comparison (~0.1 us) instead of a round trip. If asyncpg ever changes shape,
-        # we fall back to the public repr (slower, same answer).
-        self._live = _parameter_dict(raw)
-        self._snapshot = dict(self._live) if self._live is not None else repr(raw.get_settings())
+        # The server's ParameterStatus values, live (only with asyncpg's internals),
+        # and as they were after connect or the last reset.
+        self._live: dict[str, str] | None = None
+        self._snapshot: dict[str, str] | str = repr(raw.get_settings())
 
     def is_closed(self) -> bool:
         return bool(self.raw.is_closed())
 
     def checkout(self) -> bool:
-        watch = self._watch
-        if watch is not None and watch.suspect:
-            return False
         return not self.raw.is_closed()
 
+    def checkin(self) -> None:
+        return None
+
     def checked(self) -> None:
-        # Nothing to do: the ping's own ReadyForQuery cleared ``suspect``, unless
-        # something came after it, and then the connection is still suspect.
         return None
 
     def is_lost_error(self, exc: BaseException) -> bool:
@@ -200,30 +140,10 @@ class AsyncpgConnection:
         if self._writable and getattr(exc, "sqlstate", None) == _READ_ONLY_SQLSTATE:
             self._recheck = True
 
-    def verdict(self, failed: bool) -> int:
-        raw = self.raw
-        # Connection.is_closed() and is_in_transaction() spelled out on the protocol:
-        # this runs on every release, and each saved call is ~50 ns.
-        protocol = raw._protocol
-        if raw._aborted or not protocol.is_connected():
-            return BROKEN
-        if raw._listeners:  # the server keeps the LISTEN: UNLISTEN * needed
-            return NEEDS_FULL_RESET
-        if (
-            protocol.is_in_transaction()
-            or protocol._is_cancelling()
-            or raw._top_xact is not None
-            or raw._log_listeners
-            or raw._termination_listeners
-            or raw._query_loggers
-            or (self._live is not None and self._live != self._snapshot)
-            or (self._live is None and not self._parameters_unchanged())
-            # Something arrived after the last ReadyForQuery (a FATAL?): reset pings.
-            or (self._watch is not None and self._watch.suspect)
-            or self._recheck
-        ):
-            return DIRTY
-        return CLEAN
+    def verdict(self, failed: bool) -> Verdict:
+        # The public API cannot tell what the lease left (callbacks, LISTEN, a
+        # cancellation in flight): a full reset after every lease.
+        return BROKEN if self.raw.is_closed() else NEEDS_FULL_RESET
 
     def _parameters_unchanged(self) -> bool:
         if self._live is not None:
@@ -231,37 +151,23 @@ class AsyncpgConnection:
         return repr(self.raw.get_settings()) == self._snapshot
 
     async def reset(self, full: bool) -> bool:
+        """One round trip: the rollback and the full reset in one simple query (asyncpg
+        first waits for a cancelled query's acknowledgement, as before any query).
+        Client-side callbacks stay registered (nothing public removes them without the
+        callback in hand); the UNLISTEN * keeps them silent."""
         raw = self.raw
-        protocol = raw._protocol
-        if protocol._is_cancelling():
-            # A query was cancelled (its task was): asyncpg has sent a cancel request
-            # and must see the server acknowledge it before the connection is usable;
-            # otherwise the next lease gets "another operation is in progress".
-            await protocol._wait_for_cancellation()
         if raw.is_closed():
             return False
-        watch = self._watch
-        if watch is not None and watch.suspect:
-            # Something arrived unasked: make sure the protocol is still usable. A
-            # protocol in asyncpg's hidden error state fails this: terminate, so the
-            # pool counts the connection lost and nobody else gets it.
-            try:
-                await self.ping()
-            except Exception:
-                raw.terminate()
-                return False
-        # Client-side callbacks belong to the lease that registered them.
-        raw._listeners.clear()
-        raw._log_listeners.clear()
-        raw._termination_listeners.clear()
-        raw._query_loggers.clear()
-        if raw.is_in_transaction() or raw._top_xact is not None:
-            raw._top_xact = None
+        rollback = "ROLLBACK;" if raw.is_in_transaction() else ""
+        await raw.execute(rollback + FULL_RESET)
+        if raw.is_in_transaction():  # a cancelled BEGIN landed after the look above
             await raw.execute("ROLLBACK")
-        if full:
-            await raw.execute(FULL_RESET)
-        elif not self._parameters_unchanged():
-            await raw.execute("RESET ALL")
+        return await self._after_reset()
+
+    async def _after_reset(self) -> bool:
+        """The end of every reset: a writable pool's check that the server is still
+        writable, and the session parameters' check."""
+        raw = self.raw
         if self._writable and (self._recheck or self._reports_read_only()):
             self._recheck = False
             if await raw.fetchval(_SERVER_READ_ONLY):
@@ -360,6 +266,10 @@ class AsyncpgDriver:
         return None
 
     async def connect(self) -> AsyncpgConnection:
+        # Imported here: the module builds on this one (its connection class is a
+        # subclass of ours).
+        from connman.drivers import _asyncpg_private as private
+
         provider = self._config.credential_provider
         try:
             raw, server = await self._connect()
@@ -377,10 +287,10 @@ class AsyncpgDriver:
                 raw.terminate()
                 raise
             if not pooled:
-                _enable_statement_cache(raw, self._config.statement_cache_size)
-        return AsyncpgConnection(
-            raw, server=server, writable=self._writable, outcomes=self._outcomes
-        )
+                private.enable_statement_cache(raw, self._config.statement_cache_size)
+        # Read per connect: tests turn the internals off.
+        kind = private.InternalsConnection if private.AVAILABLE else AsyncpgConnection
+        return kind(raw, server=server, writable=self._writable, outcomes=self._outcomes)
 
     async def _connect(self) -> tuple[asyncpg.Connection, str]:
         """A new connection and the ``host:port`` it reached."""
@@ -452,32 +362,7 @@ class AsyncpgDriver:
     async def stop(self) -> None:
         return None
 
-    def is_permanent(self, exc: BaseException) -> bool:
-        # Wrong password/user, missing database, a certificate that does not verify:
-        # retrying will not help (the pool still retries in the background, in case
-        # someone fixes it).
-        return isinstance(
-            exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidCatalogNameError
-        ) or tls.is_verification_failure(exc)
-
 
 def _where(url: DatabaseURL) -> str:
     host = url.host or "localhost"
     return f"[{host}]:{url.port}" if ":" in host and "," not in host else f"{host}:{url.port}"
-
-
-def _enable_statement_cache(raw: asyncpg.Connection, size: int) -> None:
-    """Turn asyncpg's statement cache on after connect (it has no public setter; if
-    its shape changes, the cache stays off: slower, never wrong)."""
-    cache = getattr(raw, "_stmt_cache", None)
-    if cache is not None and hasattr(cache, "set_max_size") and hasattr(raw, "_stmt_cache_enabled"):
-        cache.set_max_size(size)
-        raw._stmt_cache_enabled = True
-
-
-def _parameter_dict(raw: Any) -> dict[str, str] | None:
-    settings = raw.get_settings()
-    for ref in gc.get_referents(settings):
-        if isinstance(ref, dict) and "server_version" in ref:
-            return ref
-    return None

@@ -1,13 +1,17 @@
-"""A/B of the lease path: connman/manager.py as it is against another revision of it,
-in one process, on one server, rounds alternating.
+"""A/B of the lease path: connman as it is against another revision of it, in one
+process, on one server, rounds alternating.
 
 Run::
 
+    uv run python tests/bench/bench_lease_ab.py REV [--rounds 41] [--url URL]
     git show REV:connman/manager.py > /tmp/manager_rev.py
     uv run python tests/bench/bench_lease_ab.py /tmp/manager_rev.py [--rounds 41] [--url URL]
 
-Both ``ConnectionManager`` classes use the same pool and driver code (only manager.py
-differs), each with its own pool of 10 connections. Workload: bench_pool.py's
+With a git revision, ``REV``'s whole ``connman/`` is exported (``git archive``) and
+imported beside this one as the package ``connman_other`` (its imports of ``connman``
+rewritten), so pool, drivers and manager all differ. With a file, only manager.py
+differs: both ``ConnectionManager`` classes use this pool and driver code. Each
+manager has its own pool of 10 connections. Workload: bench_pool.py's
 ``lease`` (acquire, one ``sleep(0)`` held, release), 40,000 leases per round at each
 concurrency. Reported: client CPU (``process_time``) per lease, the median over
 rounds, and the median of the per-round ratios. On a shared machine the spread of
@@ -19,9 +23,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import importlib.util
+import os
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -31,6 +42,26 @@ import connman.manager
 from connman import PoolConfig
 
 LEASES = 40_000
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load_revision(rev: str, into: Path) -> ModuleType:
+    """``rev``'s connman/, exported under ``into`` as the package ``connman_other``;
+    its manager module."""
+    archive = subprocess.run(
+        ["git", "archive", rev, "connman"], cwd=REPO, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    package = into / "connman_other"
+    (into / "connman").rename(package)
+    for path in package.rglob("*.py"):
+        path.write_text(re.sub(r"\bconnman\b", "connman_other", path.read_text()))
+    sys.path.insert(0, str(into))
+    module = importlib.import_module("connman_other.manager")
+    assert module.__file__ is not None and module.__file__.startswith(str(package))
+    return module
 
 
 def load_other(path: str) -> ModuleType:
@@ -86,15 +117,21 @@ async def run(url: str, other: ModuleType, rounds: int, concurrency: list[int]) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("other", help="the other revision's manager.py")
+    parser.add_argument("other", help="a git revision, or another revision's manager.py")
     parser.add_argument("--rounds", type=int, default=41)
     parser.add_argument("--concurrency", default="1,16,128")
     parser.add_argument("--url")
     args = parser.parse_args()
-    other = load_other(args.other)
-    with bench_database(args.url) as db:
-        concurrency = [int(c) for c in args.concurrency.split(",")]
-        asyncio.run(run(db.url, other, args.rounds, concurrency))
+    with tempfile.TemporaryDirectory(prefix="connman-bench-lease-ab-") as work:
+        if os.path.isfile(args.other):
+            other = load_other(args.other)
+        else:
+            other = load_revision(args.other, Path(work))
+        with bench_database(args.url) as db:
+            concurrency = [int(c) for c in args.concurrency.split(",")]
+            asyncio.run(run(db.url, other, args.rounds, concurrency))
+    load = os.getloadavg()
+    print(f"load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} at the end", flush=True)
 
 
 if __name__ == "__main__":

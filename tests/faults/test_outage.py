@@ -6,6 +6,7 @@ calls run in a worker thread so the event loop, and the pool, keep running.
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import anyio
@@ -24,6 +25,7 @@ from tests.support.faultkit import (
     outcome,
     wait_until,
 )
+from tests.support.helpers import captured_logs
 
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
 
@@ -189,3 +191,37 @@ async def test_quiet_restart_refills_without_traffic(postgres_cluster, make_mana
         )
     finally:
         await admin.close()
+
+
+async def test_an_outage_logs_a_few_lines_and_one_recovery(postgres_cluster, make_manager):
+    """The server is stopped, then started: the pool retries every 0.05-0.3 s, but
+    connect_failed is logged at the outage's start and when the reason changes (the
+    server shutting down, refusing, starting up), not per attempt; the recovery is one
+    connect_recovered line that counts the failed attempts."""
+    manager = await make_manager(
+        postgres_cluster.url, application_name=app_name("outage-log"), min_size=1, **FAST_RECONNECT
+    )
+    await wait_until(lambda: manager.stats()[0].idle == 1, timeout=5, what="min_size at start")
+    before = counters(manager)["connect_errors"]
+    with captured_logs() as records:
+        await anyio.to_thread.run_sync(postgres_cluster.stop)
+        await wait_until(
+            lambda: counters(manager)["connect_errors"] - before >= 8,
+            timeout=10,
+            what="eight failed reconnects",
+        )
+        await anyio.to_thread.run_sync(postgres_cluster.start)
+        await wait_until(
+            lambda: manager.stats()[0].last_error is None, timeout=10, what="the reconnect"
+        )
+    failures = counters(manager)["connect_errors"] - before
+    failed = [r for r in records if r["event"] == "connect_failed"]
+    assert 1 <= len(failed) < failures
+    assert failed[0]["failures"] == 1
+    # Within 10 s of the last line, a line only when the reason is new.
+    for a, b in itertools.pairwise(failed):
+        assert a["reason"] != b["reason"] or b["outage_seconds"] - a["outage_seconds"] >= 10, failed
+    (recovered,) = [r for r in records if r["event"] == "connect_recovered"]
+    assert recovered["failures"] == failures
+    assert recovered["outage_seconds"] > 0
+    assert recovered["consumer"] is None

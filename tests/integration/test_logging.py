@@ -169,7 +169,7 @@ async def test_lifecycle_events_as_json_without_the_password(postgres_cluster, t
         "connection_lost",
         "connect_failed",
         "reconnect_scheduled",
-        "reconnected",
+        "connect_recovered",
         "acquire_timeout",
         "lease_leak_suspected",
         "lease_returned_after_leak",
@@ -182,7 +182,7 @@ async def test_lifecycle_events_as_json_without_the_password(postgres_cluster, t
     assert {e["consumer"] for e in events["lease_leak_suspected"]} == {"sqlalchemy", "dgent"}
     assert "too many connections" in events["connect_failed"][0]["error"]
     # connection events belong to the pool, whatever lease's task started them
-    for name in ("connect_failed", "reconnect_scheduled", "reconnected", "connection_opened"):
+    for name in ("connect_failed", "reconnect_scheduled", "connect_recovered", "connection_opened"):
         assert all(e["consumer"] is None for e in events[name]), events[name]
     degraded_event = events["storage_degraded"][0]
     assert degraded_event["level"] == "warning"

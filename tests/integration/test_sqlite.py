@@ -135,6 +135,25 @@ async def test_memory_database_is_one_database_for_every_lease() -> None:
         assert (await cursor.fetchone())[0] == 0
 
 
+async def test_memory_database_outlives_every_pool_connection() -> None:
+    """min_size=0 and every connection closed (expired): the driver's anchor keeps
+    the in-memory database, so the next lease reads what an earlier one wrote."""
+    async with manager_for("sqlite:///:memory:", min_size=0, max_size=2) as manager:
+        async with manager.lease("writer") as lease:
+            raw = lease.connection
+            await raw.execute("CREATE TABLE kept (x)")
+            await raw.execute("INSERT INTO kept VALUES (7)")
+            await raw.commit()
+        await manager.expire_connections()
+        with anyio.fail_after(5):
+            while raw._connection is not None or manager.stats()[0].size:
+                await asyncio.sleep(0.01)  # the close runs on the connection's thread
+        async with manager.lease("reader") as lease:
+            assert lease.connection is not raw
+            cursor = await lease.connection.execute("SELECT x FROM kept")
+            assert await cursor.fetchall() == [(7,)]
+
+
 async def test_database_directory_is_created_private(tmp_path: object) -> None:
     target = os.path.join(str(tmp_path), "deep", "er", "membrane.db")
     async with manager_for(f"sqlite:///{target}") as manager, manager.lease("t") as lease:
@@ -179,3 +198,31 @@ def test_a_failed_open_leaves_no_thread_behind_its_event_loop(
         if "_connection_worker" in thread.name and thread not in workers:
             thread.join(5)
     assert died == []
+
+
+async def test_a_locked_database_is_waited_for_not_failed_at_once(tmp_path: object) -> None:
+    """SQLITE_BUSY while connecting is transient: the waiter keeps its place and is
+    served once the other process lets the database go."""
+    from connman.pool import Pool
+
+    path = os.path.join(str(tmp_path), "busy.db")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # journal_mode=WAL at connect now gets SQLITE_BUSY
+    url = parse_url(f"sqlite:///{path}")
+    config = PoolConfig(min_size=0, sqlite_busy_timeout=0.01, reconnect_initial_delay=0.01)
+    pool = Pool(url, AiosqliteDriver(url, config), config)
+    await pool.open(wait=False)
+    try:
+        waiter = asyncio.get_running_loop().create_task(pool.acquire("w", timeout=10))
+        with anyio.fail_after(5):
+            while pool.stats().counters["connect_errors"] < 2:
+                await asyncio.sleep(0.01)
+        assert "locked" in (pool.stats().last_error or "")
+        assert not waiter.done()
+        holder.close()
+        with anyio.fail_after(5):
+            pooled = await waiter
+        assert pool.release_nowait(pooled)
+    finally:
+        holder.close()
+        await pool.aclose()

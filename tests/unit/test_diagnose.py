@@ -1,8 +1,13 @@
-"""Multi-host connect failures: each host's outcome, and one reason for the pool."""
+"""Connect failures: each host's outcome, one reason for the pool, and whether retrying
+can help."""
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import asyncpg
+import pytest
 
 from connman import UnavailableReason
 from connman.diagnose import HostsFailed, diagnose, host_outcome
@@ -39,3 +44,34 @@ def test_nothing_answering_on_any_host_is_unreachable() -> None:
         [UnavailableReason.UNREACHABLE, UnavailableReason.UNREACHABLE],
     )
     assert diagnose(exc, URL).reason is UnavailableReason.UNREACHABLE
+
+
+def test_sqlite_busy_is_transient_and_an_unopenable_file_permanent(tmp_path: Path) -> None:
+    """Decided by SQLite's result code, whatever the message says: a database
+    locked by another connection (SQLITE_BUSY) is worth retrying, a directory given
+    as the database file (SQLITE_CANTOPEN) is not."""
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(sqlite3.OperationalError) as busy:
+            sqlite3.connect(path, timeout=0).execute("SELECT 1 FROM sqlite_master")
+    finally:
+        holder.close()
+    with pytest.raises(sqlite3.OperationalError) as cantopen:
+        sqlite3.connect(tmp_path)  # a directory, its name has no "locked" in it
+    url = parse_url(f"sqlite:///{path}")
+    assert busy.value.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+    assert not diagnose(busy.value, url).permanent
+    assert diagnose(cantopen.value, url).permanent
+    assert diagnose(PermissionError(13, "Permission denied"), url).permanent
+
+
+def test_postgres_refusals_that_retrying_cannot_fix_are_permanent() -> None:
+    wrong_password = asyncpg.InvalidPasswordError("password authentication failed")
+    no_database = asyncpg.InvalidCatalogNameError('database "db" does not exist')
+    full = asyncpg.TooManyConnectionsError("sorry, too many clients already")
+    assert diagnose(wrong_password, ONE).permanent
+    assert diagnose(no_database, ONE).permanent
+    assert not diagnose(full, ONE).permanent
+    assert not diagnose(ConnectionRefusedError(111, "refused"), ONE).permanent

@@ -8,6 +8,7 @@ real PostgreSQL (protocol states, resets, terminated backends) is in tests/fault
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -15,14 +16,17 @@ import anyio
 import pytest
 
 from connman import AcquireTimeout, PoolClosed, PoolConfig, PoolUnavailable, parse_url
-from connman.drivers import BROKEN, CLEAN
+from connman.drivers import BROKEN, CLEAN, DIRTY, Verdict
 from connman.pool import Pool, PooledConnection
+from tests.support.helpers import captured_logs
 
 pytestmark = pytest.mark.anyio
 
 
 class PermanentError(Exception):
-    """What a wrong password is to the fake driver."""
+    """A wrong password, as the server reports it (SQLSTATE invalid_password)."""
+
+    sqlstate = "28P01"
 
 
 class FakeConnection:
@@ -33,6 +37,10 @@ class FakeConnection:
         self.closed = False
         self.terminated = False
         self.broken = False
+        self.dirty = False
+        self.checkins = 0
+        self.resets = 0
+        self.close_fails = False
         self.server = "fake:5432"
         self.demoted = False
 
@@ -45,13 +53,20 @@ class FakeConnection:
     def checkout(self) -> bool:
         return not self.closed
 
+    def checkin(self) -> None:
+        self.checkins += 1
+
     def checked(self) -> None:
         return None
 
-    def verdict(self, failed: bool) -> int:
-        return BROKEN if self.closed or self.broken else CLEAN
+    def verdict(self, failed: bool) -> Verdict:
+        if self.closed or self.broken:
+            return BROKEN
+        return DIRTY if self.dirty else CLEAN
 
     async def reset(self, full: bool) -> bool:
+        self.resets += 1
+        self.dirty = False
         return not self.closed
 
     async def ping(self) -> None:
@@ -60,6 +75,8 @@ class FakeConnection:
 
     async def close(self) -> None:
         self.closed = True
+        if self.close_fails:
+            raise OSError("the goodbye got lost")
 
     def terminate(self) -> None:
         self.closed = self.terminated = True
@@ -74,6 +91,8 @@ class FakeDriver:
         self.opened: list[FakeConnection] = []
         self.attempts: list[float] = []  # loop time of each connect attempt
         self.fail_with: Callable[[], Exception] | None = None
+        self.gate: asyncio.Event | None = None  # when set: connect() waits for it
+        self.raised: list[Exception] = []  # what each failed connect raised
         self.hosts: dict[str, str] = {}
 
     async def start(self) -> None:
@@ -82,17 +101,17 @@ class FakeDriver:
     async def connect(self) -> FakeConnection:
         self.attempts.append(asyncio.get_running_loop().time())
         await asyncio.sleep(0)  # a connect always suspends, like a real one
+        if self.gate is not None:
+            await self.gate.wait()
         if self.fail_with is not None:
-            raise self.fail_with()
+            self.raised.append(self.fail_with())
+            raise self.raised[-1]
         conn = FakeConnection(len(self.opened))
         self.opened.append(conn)
         return conn
 
     async def stop(self) -> None:
         return None
-
-    def is_permanent(self, exc: BaseException) -> bool:
-        return isinstance(exc, PermanentError)
 
 
 PoolFactory = Callable[..., Awaitable[tuple[Pool, FakeDriver]]]
@@ -259,6 +278,62 @@ async def test_timed_out_waiter_is_never_handed_a_connection(make_pool: PoolFact
     assert (stats.in_use, stats.idle) == (0, 1)
 
 
+# -- release ---------------------------------------------------------------------------
+
+
+async def test_checkin_once_per_kept_lease_never_for_a_dropped_one(make_pool: PoolFactory) -> None:
+    """The driver is told once per lease that its connection is parked again: after a
+    clean release (no reset), after a reset, and for a handoff to a waiter; not for a
+    connection that is dropped."""
+    pool, driver = await make_pool(max_size=1)
+    conn = driver.opened[0]
+    assert pool.release_nowait(await pool.acquire("a"))
+    assert (conn.checkins, conn.resets) == (1, 0)
+    pooled = await pool.acquire("a")
+    conn.dirty = True
+    assert not pool.release_nowait(pooled)  # needs a reset: nothing happened yet
+    assert conn.checkins == 1
+    await pool.release(pooled)
+    assert (conn.checkins, conn.resets) == (2, 1)
+    pooled = await pool.acquire("a")
+    waiter = asyncio.get_running_loop().create_task(pool.acquire("b", timeout=1))
+    await _until(lambda: pool.stats().waiting == 1, "b queued")
+    assert pool.release_nowait(pooled)  # straight to b
+    assert pool.release_nowait(await waiter)
+    assert conn.checkins == 4
+    pooled = await pool.acquire("a")
+    conn.broken = True
+    assert pool.release_nowait(pooled)
+    assert conn.checkins == 4 and conn.terminated
+
+
+# -- background tasks ------------------------------------------------------------------
+
+
+async def test_background_tasks_are_named_after_their_job(make_pool: PoolFactory) -> None:
+    """What asyncio.all_tasks() (a debugger, aiomonitor) shows while a connect runs."""
+    pool, driver = await make_pool(wait=False, max_size=1)
+    driver.gate = asyncio.Event()
+    waiter = asyncio.get_running_loop().create_task(pool.acquire("w", timeout=5))
+    await _until(lambda: len(driver.attempts) == 1, "a connect started")
+    names = {task.get_name() for task in asyncio.all_tasks()}
+    assert {"AddConnection", "MaintenanceTask"} <= names
+    driver.gate.set()
+    assert pool.release_nowait(await waiter)
+
+
+async def test_a_failed_background_task_is_logged_with_its_name(make_pool: PoolFactory) -> None:
+    pool, driver = await make_pool(max_size=1)
+    driver.opened[0].close_fails = True
+    with captured_logs() as records:
+        pool.expire_connections()  # the idle connection is closed politely: that fails
+        await pool.aclose()  # waits for every background task
+    failed = [r for r in records if r["event"] == "background_task_failed"]
+    assert [(r["task"], r["error"]) for r in failed] == [
+        ("CloseConnection", "OSError: the goodbye got lost")
+    ]
+
+
 # -- connecting ------------------------------------------------------------------------
 
 
@@ -300,6 +375,57 @@ async def test_transient_connect_errors_back_off_then_recover(make_pool: PoolFac
         pooled = await waiter
     assert pool.stats().last_error is None
     assert pool.release_nowait(pooled)
+
+
+class ServerFull(Exception):
+    """A server at max_connections, as it reports it (SQLSTATE too_many_connections)."""
+
+    sqlstate = "53300"
+
+
+async def test_an_outage_is_logged_at_its_start_on_a_new_reason_then_at_intervals(
+    make_pool: PoolFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not one line per attempt: connect_failed at the outage's start, at most every
+    interval after that (10 s; 0.2 s here), at once when the reason changes; then one
+    connect_recovered with the outage's failures and length."""
+    every = 0.2
+    monkeypatch.setattr("connman.outage.LOG_EVERY", every)
+    pool, driver = await make_pool(
+        max_size=1, min_size=1, reconnect_initial_delay=0.005, reconnect_max_delay=0.01
+    )
+    loop = asyncio.get_running_loop()
+    with captured_logs() as records:
+        driver.fail_with = lambda: ConnectionRefusedError(111, "refused")
+        pool.expire_connections()  # the pool reconnects at once, into the outage
+        with anyio.fail_after(5):
+            while len(driver.attempts) < 2 or loop.time() - driver.attempts[1] < 2.5 * every:
+                await asyncio.sleep(0.01)
+        refusing = loop.time() - driver.attempts[1]  # how long connects were refused
+        driver.fail_with = lambda: ServerFull("sorry, too many clients already")
+        with anyio.fail_after(5):
+            while sum(isinstance(e, ServerFull) for e in driver.raised) < 3:
+                await asyncio.sleep(0.01)
+        driver.fail_with = None
+        with anyio.fail_after(5):
+            while pool.stats().last_error is not None:
+                await asyncio.sleep(0.01)
+    failed = [r for r in records if r["event"] == "connect_failed"]
+    refused = sum(isinstance(e, ConnectionRefusedError) for e in driver.raised)
+    assert refused >= 10  # many attempts...
+    unreachable = [r for r in failed if r["reason"] == "unreachable"]
+    # ...few lines: t=0, 0.2, 0.4 (0.5 s or a little more, on a busy machine)
+    assert 2 <= len(unreachable) <= 2 + refusing / every, unreachable
+    assert unreachable[0]["failures"] == 1 and unreachable[0]["outage_seconds"] < every
+    gaps = [b["outage_seconds"] - a["outage_seconds"] for a, b in itertools.pairwise(unreachable)]
+    assert all(gap >= every - 0.001 for gap in gaps), gaps  # (rounded to the ms)
+    full = [r for r in failed if r["reason"] == "too_many_clients"]
+    assert full[0]["failures"] == refused + 1  # the first attempt with the new reason
+    assert "too many clients" in full[0]["error"]
+    (recovered,) = [r for r in records if r["event"] == "connect_recovered"]
+    assert recovered["failures"] == len(driver.raised)
+    assert recovered["outage_seconds"] >= 2.5 * every - 0.01
+    assert "too many clients" in recovered["after_error"]
 
 
 # -- closing ---------------------------------------------------------------------------

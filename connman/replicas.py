@@ -30,6 +30,7 @@ import asyncio
 import dataclasses
 import math
 import os
+import re
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,14 +39,31 @@ from typing import TYPE_CHECKING, Any
 from connman.errors import ConfigError
 from connman.logging import get_logger
 from connman.stats import ReplicaStatus
+from connman.urls import DatabaseURL
 
 if TYPE_CHECKING:
     from connman.pool import Pool
 
-__all__ = ["REPLICA_ENV", "ReplicaPolicy", "Rotation", "WalClock", "parse_replica_urls"]
+__all__ = [
+    "REPLICA_ENV",
+    "REPLICA_TARGET",
+    "ReplicaPolicy",
+    "Rotation",
+    "WalClock",
+    "parse_replica_urls",
+    "replica_url",
+]
 
 REPLICA_ENV = "KGENTS_DATABASE_REPLICA_URLS"
-"""Comma or space separated URLs of read replicas of the default database."""
+"""URLs of read replicas of the default database, separated by spaces or commas (see
+:func:`parse_replica_urls`)."""
+
+REPLICA_TARGET = "prefer-standby"
+"""The ``target_session_attrs`` of a multi-host replica URL that names none."""
+
+# A comma that starts the next URL: one followed by a scheme. The other commas are a
+# multi-host URL's own (postgresql://u@h1:5432,h2:5432/db).
+_NEXT_URL = re.compile(r",(?=[a-z][a-z0-9+.-]*://)", re.IGNORECASE)
 
 _CONSUMER = "connman.replicas"  # the consumer name of the checks' own leases
 
@@ -59,8 +77,21 @@ _REPLICA_SQL = (
 
 
 def parse_replica_urls(raw: str) -> list[str]:
-    """The URLs in a ``KGENTS_DATABASE_REPLICA_URLS`` value (comma or space separated)."""
-    return [part for part in raw.replace(",", " ").split() if part]
+    """The URLs in a ``KGENTS_DATABASE_REPLICA_URLS`` value: separated by spaces, or by
+    a comma followed by the next URL's scheme (a multi-host URL keeps its commas)."""
+    parts = (part.strip(",") for word in raw.split() for part in _NEXT_URL.split(word))
+    return [part for part in parts if part]
+
+
+def replica_url(url: DatabaseURL) -> DatabaseURL:
+    """The URL a replica pool connects with. A multi-host URL that names no
+    ``target_session_attrs`` gets :data:`REPLICA_TARGET` (``prefer-standby``): the
+    driver's default for several hosts, ``read-write``, finds the primary, which is
+    what the default pool wants and a replica pool does not."""
+    if not url.hosts or any(k.lower() == "target_session_attrs" for k, _ in url.query):
+        return url
+    query = tuple(sorted((*url.query, ("target_session_attrs", REPLICA_TARGET))))
+    return dataclasses.replace(url, query=query)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

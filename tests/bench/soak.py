@@ -40,7 +40,8 @@ prints where the RSS is: Python's small-object arenas (pymalloc; how much of the
 live blocks), glibc malloc (in use; free but kept), and the rest (code, libraries,
 stacks, mmaps). ``--trace-memory`` runs tracemalloc (slower) and prints, per minute,
 the source lines whose memory grew since the end of minute 1: those in connman/ and
-the largest anywhere.
+the largest anywhere. Its snapshots are Python objects too, and tracemalloc hides
+pymalloc's figures: judge the RSS from a run without it.
 """
 
 from __future__ import annotations

@@ -9,7 +9,10 @@ check, run by the manager, changes it:
   diverges from the writes;
 - a replica whose replay lags more than :attr:`ReplicaPolicy.max_lag` seconds leaves
   it, and comes back once it has caught up;
-- a replica that does not answer within :attr:`ReplicaPolicy.check_timeout` leaves it.
+- a replica that does not answer within :attr:`ReplicaPolicy.check_timeout` leaves it;
+- a replica URL with several hosts (``prefer-standby``, :func:`replica_url`) whose pool
+  landed on the primary (no standby answered) leaves it too; its connections there are
+  closed, so that it comes back on a standby once one answers.
 
 How lag is measured (:class:`WalClock`). ``now() - pg_last_xact_replay_timestamp()``
 is wrong on an idle primary (nothing to replay, so the timestamp ages although the
@@ -172,11 +175,12 @@ class WalClock:
 
 
 class _Replica:
-    __slots__ = ("lag", "pool", "reason", "usable")
+    __slots__ = ("lag", "on_primary", "pool", "reason", "usable")
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.usable = False
+        self.on_primary = False  # several hosts, last found on a primary
         self.reason: str | None = "not checked yet"
         self.lag: float | None = None
 
@@ -242,13 +246,26 @@ class Rotation:
         await asyncio.gather(*(self._check(replica) for replica in self._replicas))
 
     async def _check(self, replica: _Replica) -> None:
-        row = await self._query(replica.pool, _REPLICA_SQL, row=True)
+        # Several hosts (prefer-standby, see replica_url): while no standby answers, a
+        # connect lands on the primary. The check closes each connection it finds
+        # there, so that the next connect looks for a standby again; once one is found,
+        # every connection opened meanwhile is replaced. Otherwise the pool would stay
+        # on the primary, out of rotation, up to max_lifetime. One host has nowhere else
+        # to go: its promoted server keeps the connections.
+        several = bool(replica.pool.url.hosts)
+        row = await self._query(replica.pool, _REPLICA_SQL, row=True, retire_on_primary=several)
         reason: str | None
         if isinstance(row, BaseException):
             reason, lag = f"unreachable ({type(row).__name__})", None
         elif not row[0]:
             reason, lag = "promoted (not in recovery)", None
+            if several:
+                reason = "on a primary (not in recovery: no standby among its hosts answered)"
+                replica.on_primary = True
         else:
+            if replica.on_primary:
+                replica.on_primary = False
+                replica.pool.expire_connections()
             lag = self._clock.lag(_now(), int(row[1] or 0))
             over = lag is not None and lag > self.policy.max_lag
             reason = f"lagging {lag:.1f}s > max_lag {self.policy.max_lag}s" if over else None
@@ -269,8 +286,17 @@ class Rotation:
             self._on_primary_logged = False  # the next outage is logged again
         self._usable = rotation
 
-    async def _query(self, pool: Pool, sql: str, *, row: bool = False) -> Any:
-        """``sql``'s first value (``row``: first row) on ``pool``, or the exception."""
+    async def _query(
+        self,
+        pool: Pool,
+        sql: str,
+        *,
+        row: bool = False,
+        retire_on_primary: bool = False,
+    ) -> Any:
+        """``sql``'s first value (``row``: first row) on ``pool``, or the exception.
+        ``retire_on_primary``: when that value says the server is not in recovery, the
+        connection is closed on its release instead of going back to the pool."""
         timeout = self.policy.check_timeout
         try:
             pooled = await pool.acquire(_CONSUMER, timeout)
@@ -282,6 +308,8 @@ class Rotation:
             async with asyncio.timeout(timeout):
                 result = await (conn.fetchrow(sql) if row else conn.fetchval(sql))
             failed = False
+            if retire_on_primary and not result[0]:
+                pool.retire(pooled)
             return result
         except Exception as exc:
             return exc

@@ -30,7 +30,7 @@ from connman.errors import (
 )
 from connman.logging import bind_lease_context, get_logger, unbind_lease_context
 from connman.pool import Pool, PooledConnection
-from connman.replicas import ReplicaPolicy, Rotation
+from connman.replicas import ReplicaPolicy, Rotation, replica_url
 from connman.resolve import Storage, resolve_storage, tier_of
 from connman.stats import PoolObserver, PoolStats
 from connman.urls import DatabaseURL, parse_url
@@ -839,7 +839,7 @@ def _replica_urls(storage: Storage, replicas: Sequence[str] | None) -> tuple[Dat
         texts, source = replicas, "ConnectionManager(replicas=...)"
     urls: list[DatabaseURL] = []
     for text in texts:
-        url = parse_url(text, source=source)
+        url = replica_url(parse_url(text, source=source))
         if url.dialect != "postgresql" or storage.dialect != "postgresql":
             raise ConfigError(
                 f"{source}: read replicas need PostgreSQL URLs and a PostgreSQL primary "

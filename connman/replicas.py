@@ -9,7 +9,10 @@ check, run by the manager, changes it:
   diverges from the writes;
 - a replica whose replay lags more than :attr:`ReplicaPolicy.max_lag` seconds leaves
   it, and comes back once it has caught up;
-- a replica that does not answer within :attr:`ReplicaPolicy.check_timeout` leaves it.
+- a replica that does not answer within :attr:`ReplicaPolicy.check_timeout` leaves it;
+- a replica URL with several hosts (``prefer-standby``, :func:`replica_url`) whose pool
+  landed on the primary (no standby answered) leaves it too; its connections there are
+  closed, so that it comes back on a standby once one answers.
 
 How lag is measured (:class:`WalClock`). ``now() - pg_last_xact_replay_timestamp()``
 is wrong on an idle primary (nothing to replay, so the timestamp ages although the
@@ -30,6 +33,7 @@ import asyncio
 import dataclasses
 import math
 import os
+import re
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,14 +42,31 @@ from typing import TYPE_CHECKING, Any
 from connman.errors import ConfigError
 from connman.logging import get_logger
 from connman.stats import ReplicaStatus
+from connman.urls import DatabaseURL
 
 if TYPE_CHECKING:
     from connman.pool import Pool
 
-__all__ = ["REPLICA_ENV", "ReplicaPolicy", "Rotation", "WalClock", "parse_replica_urls"]
+__all__ = [
+    "REPLICA_ENV",
+    "REPLICA_TARGET",
+    "ReplicaPolicy",
+    "Rotation",
+    "WalClock",
+    "parse_replica_urls",
+    "replica_url",
+]
 
 REPLICA_ENV = "KGENTS_DATABASE_REPLICA_URLS"
-"""Comma or space separated URLs of read replicas of the default database."""
+"""URLs of read replicas of the default database, separated by spaces or commas (see
+:func:`parse_replica_urls`)."""
+
+REPLICA_TARGET = "prefer-standby"
+"""The ``target_session_attrs`` of a multi-host replica URL that names none."""
+
+# A comma that starts the next URL: one followed by a scheme. The other commas are a
+# multi-host URL's own (postgresql://u@h1:5432,h2:5432/db).
+_NEXT_URL = re.compile(r",(?=[a-z][a-z0-9+.-]*://)", re.IGNORECASE)
 
 _CONSUMER = "connman.replicas"  # the consumer name of the checks' own leases
 
@@ -59,8 +80,21 @@ _REPLICA_SQL = (
 
 
 def parse_replica_urls(raw: str) -> list[str]:
-    """The URLs in a ``KGENTS_DATABASE_REPLICA_URLS`` value (comma or space separated)."""
-    return [part for part in raw.replace(",", " ").split() if part]
+    """The URLs in a ``KGENTS_DATABASE_REPLICA_URLS`` value: separated by spaces, or by
+    a comma followed by the next URL's scheme (a multi-host URL keeps its commas)."""
+    parts = (part.strip(",") for word in raw.split() for part in _NEXT_URL.split(word))
+    return [part for part in parts if part]
+
+
+def replica_url(url: DatabaseURL) -> DatabaseURL:
+    """The URL a replica pool connects with. A multi-host URL that names no
+    ``target_session_attrs`` gets :data:`REPLICA_TARGET` (``prefer-standby``): the
+    driver's default for several hosts, ``read-write``, finds the primary, which is
+    what the default pool wants and a replica pool does not."""
+    if not url.hosts or any(k.lower() == "target_session_attrs" for k, _ in url.query):
+        return url
+    query = tuple(sorted((*url.query, ("target_session_attrs", REPLICA_TARGET))))
+    return dataclasses.replace(url, query=query)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -141,11 +175,12 @@ class WalClock:
 
 
 class _Replica:
-    __slots__ = ("lag", "pool", "reason", "usable")
+    __slots__ = ("lag", "on_primary", "pool", "reason", "usable")
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.usable = False
+        self.on_primary = False  # several hosts, last found on a primary
         self.reason: str | None = "not checked yet"
         self.lag: float | None = None
 
@@ -211,13 +246,26 @@ class Rotation:
         await asyncio.gather(*(self._check(replica) for replica in self._replicas))
 
     async def _check(self, replica: _Replica) -> None:
-        row = await self._query(replica.pool, _REPLICA_SQL, row=True)
+        # Several hosts (prefer-standby, see replica_url): while no standby answers, a
+        # connect lands on the primary. The check closes each connection it finds
+        # there, so that the next connect looks for a standby again; once one is found,
+        # every connection opened meanwhile is replaced. Otherwise the pool would stay
+        # on the primary, out of rotation, up to max_lifetime. One host has nowhere else
+        # to go: its promoted server keeps the connections.
+        several = bool(replica.pool.url.hosts)
+        row = await self._query(replica.pool, _REPLICA_SQL, row=True, retire_on_primary=several)
         reason: str | None
         if isinstance(row, BaseException):
             reason, lag = f"unreachable ({type(row).__name__})", None
         elif not row[0]:
             reason, lag = "promoted (not in recovery)", None
+            if several:
+                reason = "on a primary (not in recovery: no standby among its hosts answered)"
+                replica.on_primary = True
         else:
+            if replica.on_primary:
+                replica.on_primary = False
+                replica.pool.expire_connections()
             lag = self._clock.lag(_now(), int(row[1] or 0))
             over = lag is not None and lag > self.policy.max_lag
             reason = f"lagging {lag:.1f}s > max_lag {self.policy.max_lag}s" if over else None
@@ -238,8 +286,17 @@ class Rotation:
             self._on_primary_logged = False  # the next outage is logged again
         self._usable = rotation
 
-    async def _query(self, pool: Pool, sql: str, *, row: bool = False) -> Any:
-        """``sql``'s first value (``row``: first row) on ``pool``, or the exception."""
+    async def _query(
+        self,
+        pool: Pool,
+        sql: str,
+        *,
+        row: bool = False,
+        retire_on_primary: bool = False,
+    ) -> Any:
+        """``sql``'s first value (``row``: first row) on ``pool``, or the exception.
+        ``retire_on_primary``: when that value says the server is not in recovery, the
+        connection is closed on its release instead of going back to the pool."""
         timeout = self.policy.check_timeout
         try:
             pooled = await pool.acquire(_CONSUMER, timeout)
@@ -251,6 +308,8 @@ class Rotation:
             async with asyncio.timeout(timeout):
                 result = await (conn.fetchrow(sql) if row else conn.fetchval(sql))
             failed = False
+            if retire_on_primary and not result[0]:
+                pool.retire(pooled)
             return result
         except Exception as exc:
             return exc

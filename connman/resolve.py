@@ -7,8 +7,8 @@ Resolution priority (first match wins; an empty or blank variable counts as unse
 3. ``$XDG_DATA_HOME/kgents/membrane.db`` (only when XDG_DATA_HOME is absolute)
 4. ``~/.local/share/kgents/membrane.db``
 
-Read replicas of a PostgreSQL primary: ``KGENTS_DATABASE_REPLICA_URLS`` (comma or space
-separated), in :attr:`Storage.replica_urls`.
+Read replicas of a PostgreSQL primary: ``KGENTS_DATABASE_REPLICA_URLS`` (separated by
+spaces, or by commas before the next URL's scheme), in :attr:`Storage.replica_urls`.
 
 Tiers: SQLite is portable; Postgres on loopback or a unix socket is unified; any other
 Postgres is production; ``KGENTS_STORAGE_TIER`` overrides. When nothing answers for the
@@ -26,7 +26,7 @@ from enum import StrEnum
 from urllib.parse import quote
 
 from connman.errors import ConfigError
-from connman.replicas import REPLICA_ENV, parse_replica_urls
+from connman.replicas import REPLICA_ENV, parse_replica_urls, replica_url
 from connman.tls import check_tls
 from connman.urls import DatabaseURL, parse_url
 
@@ -90,7 +90,9 @@ class Storage:
     """The URL the D-gent track uses (differs from ``url`` only per KGENTS_DGENT_BACKEND)."""
     replica_urls: tuple[str, ...] = field(default=(), repr=False)
     """Normalized URLs of read replicas of ``url`` (``KGENTS_DATABASE_REPLICA_URLS``),
-    passwords included; read-only leases go there (see :mod:`connman.replicas`)."""
+    passwords included, as the replica pools connect (:func:`connman.replicas.replica_url`:
+    a multi-host URL gets ``target_session_attrs=prefer-standby`` unless it names one);
+    read-only leases go there (see :mod:`connman.replicas`)."""
 
     @property
     def database_url(self) -> DatabaseURL:
@@ -281,7 +283,7 @@ def _replicas(env: Mapping[str, str], url: DatabaseURL, warnings: list[str]) -> 
         )
     keys: list[str] = []
     for text in parse_replica_urls(raw):
-        replica = parse_url(text, source=REPLICA_ENV, home=_get(env, "HOME"))
+        replica = replica_url(parse_url(text, source=REPLICA_ENV, home=_get(env, "HOME")))
         if replica.dialect != "postgresql":
             raise ConfigError(
                 f"{REPLICA_ENV} holds {replica.redacted()!r}, which is not a PostgreSQL URL"

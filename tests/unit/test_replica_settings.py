@@ -29,6 +29,58 @@ def test_replica_urls_come_from_the_environment_comma_or_space_separated() -> No
     assert len(manager._replica_urls) == 2
 
 
+MULTI_A = "postgresql://app:s3cret@a1.internal:5432,a2.internal:5433/kgents"
+MULTI_B = "postgres://app:s3cret@b1.internal,b2.internal/kgents?target_session_attrs=standby"
+
+
+def test_multi_host_replica_urls_keep_their_commas_in_the_environment() -> None:
+    """A comma starts the next URL only when a scheme follows it: the hosts of a
+    multi-host URL stay together, with commas, spaces or both between the URLs."""
+    for raw in (
+        f"{MULTI_A},{REPLICA_A},{MULTI_B}",
+        f"{MULTI_A}, {REPLICA_A} ,{MULTI_B},",
+        f"{MULTI_A} {REPLICA_A}\n{MULTI_B}",
+    ):
+        storage = resolve_storage(
+            {"KGENTS_DATABASE_URL": PRIMARY, "KGENTS_DATABASE_REPLICA_URLS": raw}
+        )
+        hosts = [u.split("@")[1].split("/")[0] for u in storage.replica_urls]
+        assert hosts == [
+            "a1.internal:5432,a2.internal:5433",
+            "replica-a.internal:5432",
+            "b1.internal,b2.internal",
+        ], raw
+        assert len(ConnectionManager(storage)._replica_urls) == 3
+
+
+def test_a_multi_host_replica_url_prefers_a_standby_unless_it_says_otherwise() -> None:
+    """Several hosts default to target_session_attrs=read-write (the primary) for the
+    default pool; a replica pool prefers a standby instead. One host: no target added;
+    an explicit target is kept, in the environment and in replicas=[...] alike."""
+    env = {
+        "KGENTS_DATABASE_URL": PRIMARY,
+        "KGENTS_DATABASE_REPLICA_URLS": f"{MULTI_A},{MULTI_B},{REPLICA_A}",
+    }
+    targets = [
+        dict(url.query).get("target_session_attrs")
+        for url in ConnectionManager(resolve_storage(env))._replica_urls
+    ]
+    assert targets == ["prefer-standby", "standby", None]
+    (url,) = ConnectionManager(PRIMARY, replicas=[MULTI_A])._replica_urls
+    assert dict(url.query)["target_session_attrs"] == "prefer-standby"
+    assert "target_session_attrs=prefer-standby" in resolve_storage(env).replica_urls[0]
+
+
+def test_the_primary_host_list_serves_as_replicas_with_prefer_standby() -> None:
+    """The primary's own multi-host URL as a replica URL is the standby among those
+    hosts (prefer-standby), not the primary: accepted. One host is refused."""
+    (url,) = ConnectionManager(MULTI_A, replicas=[MULTI_A])._replica_urls
+    assert dict(url.query)["target_session_attrs"] == "prefer-standby"
+    pinned = MULTI_A + "?target_session_attrs=read-write"
+    with pytest.raises(ConfigError, match="primary itself"):
+        ConnectionManager(pinned, replicas=[pinned])
+
+
 def test_replicas_are_refused_for_a_sqlite_primary_or_a_non_postgres_replica(tmp_path) -> None:
     with pytest.raises(ConfigError, match="PostgreSQL primary"):
         resolve_storage({"HOME": str(tmp_path), "KGENTS_DATABASE_REPLICA_URLS": REPLICA_A})

@@ -70,9 +70,9 @@ from typing import Any
 import asyncpg
 
 from connman import ConnectionManager, PoolConfig, metrics
+from connman.adapters.sqlalchemy import create_async_engine
 from connman.kgents.brain import BrainStore
 from connman.kgents.dgent import Datum, DgentStore
-from connman.adapters.sqlalchemy import create_async_engine
 from connman.testing.cluster import LocalCluster
 
 ADAPTERS = ("sqlalchemy", "dgent", "brain")

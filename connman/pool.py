@@ -489,7 +489,6 @@ class Pool:
                     self._server_read_only(conn.server)
                 return
         pooled.last_used = _monotonic()
-        conn.checkin()
         self._put_back(pooled)
 
     def _return_unused(self, pooled: PooledConnection) -> None:
@@ -543,11 +542,14 @@ class Pool:
 
     def _put_back(self, pooled: PooledConnection) -> None:
         """``pooled`` (counted in use, of no consumer) is free for its next user: the
-        oldest eligible waiter, else the idle list (or closed, if the pool is)."""
+        oldest eligible waiter, else the idle list (or closed, if the pool is). The
+        driver parks it here (``checkin``), whichever way it came back."""
         if self._closing:
             self._slot_freed()
             self._drop(pooled, lost=False)
-        elif not (self._waiters and self._hand(pooled)):
+            return
+        pooled.conn.checkin()
+        if not (self._waiters and self._hand(pooled)):
             self._slot_freed()
             self._idle.append(pooled)
 

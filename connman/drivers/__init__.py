@@ -65,9 +65,10 @@ class DriverConnection(Protocol):
         pings it first)."""
 
     def checkin(self) -> None:
-        """Called (no I/O) once per kept lease, when the connection goes back to the
-        idle list (or straight to the next waiter) clean: the driver parks it, so that
-        whatever arrives from now until :meth:`checkout` counts as unasked."""
+        """Called (no I/O) each time the connection goes back clean to the idle list
+        (or straight to the next waiter): once per kept lease, and for a handover
+        that nobody used. The driver parks it, so that whatever arrives from now
+        until :meth:`checkout` counts as unasked."""
 
     def checked(self) -> None:
         """The pool has just pinged it successfully: whatever arrived was harmless."""

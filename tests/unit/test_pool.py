@@ -307,6 +307,23 @@ async def test_checkin_once_per_kept_lease_never_for_a_dropped_one(make_pool: Po
     assert conn.checkins == 4 and conn.terminated
 
 
+async def test_a_handoff_nobody_used_goes_back_parked(make_pool: PoolFactory) -> None:
+    """A waiter cancelled in the loop iteration of its handoff never uses the
+    connection: it goes back to the idle list, and the driver is told it is parked
+    again (whatever arrives before the next checkout is then suspect)."""
+    pool, driver = await make_pool(max_size=1)
+    conn = driver.opened[0]
+    pooled = await pool.acquire("a")
+    waiter = asyncio.get_running_loop().create_task(pool.acquire("b", timeout=1))
+    await _until(lambda: pool.stats().waiting == 1, "b queued")
+    assert pool.release_nowait(pooled)  # handed to b, which has not run yet
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert conn.checkins == 2
+    assert pool.stats().idle == 1 and pool.stats().in_use == 0
+
+
 # -- background tasks ------------------------------------------------------------------
 
 

@@ -38,10 +38,8 @@ class RawSQL:
     ``RawSQL(lease, autocommit=...)`` is the calls of the lease's driver (a subclass
     per driver, picked by the lease's dialect)."""
 
-    __slots__ = ("_autocommit", "_lease", "dialect", "sql")
+    __slots__ = ("_autocommit", "_lease", "sql")
 
-    dialect: str
-    """``"postgresql"`` or ``"sqlite"``."""
     sql: SQLDialect
     """How this connection's SQL spells what differs (:mod:`connman.dialect`)."""
 
@@ -52,9 +50,13 @@ class RawSQL:
 
     def __init__(self, lease: Lease, *, autocommit: bool) -> None:
         self._lease = lease
-        self.dialect = lease.dialect
-        self.sql = dialect_of(self.dialect)
+        self.sql = dialect_of(lease.dialect)
         self._autocommit = autocommit
+
+    @property
+    def dialect(self) -> str:
+        """``"postgresql"`` or ``"sqlite"``."""
+        return self.sql.name
 
     @property
     def postgres(self) -> bool:

@@ -729,13 +729,17 @@ class ConnectionManager:
         """Replace every connection of every pool (or of ``url``'s pool) with a new one
         (asyncpg's name): idle ones close now, leased ones when they are released, so
         no lease fails. After a credential rotation, a server's configuration change,
-        or before maintenance."""
+        or before maintenance. ``url`` reaches every pool that connects with it: the
+        one leased by that URL and a replica pool configured with it (which connects
+        with :func:`~connman.replicas.replica_url`'s default added)."""
+        found: list[Pool | None]
         if url is None:
-            pools = list({id(p): p for p in self._pools.values()}.values())
+            found = list(self._pools.values())
         else:
-            found = self._by_text.get(url) or self._pools.get(parse_url(url).key)
-            pools = [] if found is None else [found]
-        for pool in pools:
+            parsed = parse_url(url)
+            keys = (parsed.key, replica_url(parsed).key)
+            found = [self._by_text.get(url), *(self._pools.get(key) for key in keys)]
+        for pool in {id(p): p for p in found if p is not None}.values():
             pool.expire_connections()
 
     def set_observer(self, observer: PoolObserver | None) -> None:

@@ -91,3 +91,30 @@ async def test_a_multi_host_replica_pool_finds_the_standby_again(replicated) -> 
             for lease in leases:
                 await lease.release()
         assert ports == {standby.port}
+
+
+async def _backend(manager: ConnectionManager, *, readonly: bool) -> int:
+    async with manager.lease("app", readonly=readonly) as lease:
+        return int(await lease.connection.fetchval("SELECT pg_backend_pid()"))
+
+
+async def test_expire_connections_by_url_reaches_its_replica_pool(replicated) -> None:
+    """After a credential rotation, ``expire_connections(url=...)`` with the URL the
+    replicas were configured with replaces the replica pool's connections too, although
+    that pool connects with ``prefer-standby`` added to the URL."""
+    primary, standby = replicated
+    both = f"postgresql://postgres@127.0.0.1:{primary.port},127.0.0.1:{standby.port}/postgres"
+    manager = ConnectionManager(
+        both,
+        replicas=[both],
+        # One check at start only: no check holds a replica connection meanwhile.
+        replica_policy=ReplicaPolicy(check_interval=3600),
+        degrade=False,
+    )
+    async with manager:
+        before = {ro: await _backend(manager, readonly=ro) for ro in (False, True)}
+        assert before == {ro: await _backend(manager, readonly=ro) for ro in (False, True)}
+        await manager.expire_connections(url=both)
+        after = {ro: await _backend(manager, readonly=ro) for ro in (False, True)}
+        assert after[False] != before[False], "the default pool kept its connection"
+        assert after[True] != before[True], "the replica pool kept its connection"
